@@ -1,0 +1,1 @@
+"""`t2s models`: filled in by the models work (issue 2)."""
