@@ -31,7 +31,16 @@ def main():
 
 def _register():
     # Imported for their side effect of adding commands to `main`.
-    from t2s.cli import models_cmd  # noqa: F401
+    from t2s.cli import (  # noqa: F401
+        analyze_cmd,
+        evolve_cmd,
+        merge_cmd,
+        models_cmd,
+        repo_cmd,
+        rollout_cmd,
+        tasks_cmd,
+        validate_cmd,
+    )
 
 
 _register()
