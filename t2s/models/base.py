@@ -64,3 +64,69 @@ class ModelSource(Protocol):
     name: str
 
     def load(self, *, threads: int | None = None, worker_index: int = 0) -> Model: ...
+
+
+def check_schema(schema: Any) -> None:
+    """ModelError "invalid JSON schema: ..." unless `schema` is a valid JSON schema object."""
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        raise ModelError(f"invalid JSON schema: expected an object, got {type(schema).__name__}")
+    try:
+        json.dumps(schema)
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except (TypeError, ValueError) as error:
+        raise ModelError(f"invalid JSON schema: {error}") from None
+    except jsonschema.SchemaError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "top level"
+        raise ModelError(f"invalid JSON schema: {error.message} (at {where})") from None
+
+
+def bounded_schema(schema: Any, max_chars: int, max_items: int) -> Any:
+    """A copy of `schema` whose strings and arrays without an upper bound get one.
+
+    Anything valid under the copy is valid under the original; a grammar built from the copy
+    cannot run on forever inside one string or list, so a retry fits its token budget.
+    """
+    if isinstance(schema, list):
+        return [bounded_schema(part, max_chars, max_items) for part in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounded = {key: bounded_schema(value, max_chars, max_items) for key, value in schema.items()}
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types]
+    unconstrained = not any(key in schema for key in ("enum", "const", "pattern", "format"))
+    if "string" in types and "maxLength" not in schema and unconstrained:
+        bounded["maxLength"] = max(max_chars, schema.get("minLength", 0))
+    if "array" in types and "maxItems" not in schema:
+        bounded["maxItems"] = max(max_items, schema.get("minItems", 0))
+    return bounded
+
+
+def complete_under_schema(complete, options: ChatOptions) -> ChatReply:
+    """Run `complete(schema, max_tokens) -> (ChatReply, truncated)` until the reply parses.
+
+    A reply cut off at max_tokens is never patched up (closing brackets could change its
+    meaning): it is generated again with twice the budget under `bounded_schema`, and if that
+    is cut off too the caller gets a ModelError.
+    """
+    check_schema(options.schema)
+    schema, budget = options.schema, options.max_tokens
+    usage, seconds = Usage(), 0.0
+    for retry in (False, True):
+        if retry:
+            budget *= 2
+            schema = bounded_schema(options.schema, max_chars=budget // 4, max_items=8)
+        reply, truncated = complete(schema, budget)
+        usage, seconds = usage + reply.usage, seconds + reply.seconds
+        if not truncated:
+            try:
+                json.loads(reply.text)
+            except ValueError:
+                pass
+            else:
+                return ChatReply(reply.text, usage, seconds, reply.model)
+    raise ModelError(
+        f"the model did not finish a JSON reply within {budget} tokens even with bounded "
+        f"strings; raise max_tokens (now {options.max_tokens}) or simplify the schema"
+    )

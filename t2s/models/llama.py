@@ -1,0 +1,119 @@
+"""The llama.cpp back-end: a local GGUF through llama-cpp-python, imported only when loaded."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from t2s.errors import ModelError
+from t2s.models.base import ChatOptions, ChatReply, Usage, complete_under_schema
+from t2s.models.gguf import read_gguf
+
+INSTALL_HINT = "pip install llama-cpp-python (or run `make setup`)"
+
+
+@dataclass
+class LlamaSource:
+    """Where a GGUF model is and how to load it; small and picklable, loaded in the worker."""
+
+    path: str
+    n_ctx: int = 4096
+    gpu_layers: int = 0
+    n_batch: int = 512
+    name: str = ""
+
+    def __post_init__(self):
+        self.path = str(self.path)
+        self.name = self.name or Path(self.path).name.removesuffix(".gguf")
+
+    def load(self, *, threads: int | None = None, worker_index: int = 0) -> LlamaModel:
+        read_gguf(self.path)  # a missing, foreign or truncated file gets a precise message
+        try:
+            import llama_cpp
+        except ImportError:
+            raise ModelError(f"llama-cpp-python is not installed: {INSTALL_HINT}") from None
+        try:
+            llama = llama_cpp.Llama(
+                model_path=self.path,
+                n_ctx=self.n_ctx,
+                n_batch=self.n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=self.gpu_layers,
+                verbose=False,  # llama.cpp logs every load to stderr otherwise
+            )
+        except (ValueError, RuntimeError) as error:
+            raise ModelError(
+                f"llama.cpp cannot load {self.path} ({error}); is it a model llama.cpp supports?"
+            ) from None
+        return LlamaModel(llama, self.name)
+
+
+class LlamaModel:
+    """One loaded model. Consecutive chats that share a prompt prefix reuse its KV cache."""
+
+    def __init__(self, llama, name: str):
+        self.llama = llama
+        self.name = name
+        self._evaluated: list[int] = []
+        evaluate = llama.eval
+
+        def counting_eval(tokens):
+            # llama-cpp-python decodes the uncached prompt suffix in the first eval of a
+            # generation, then one token per sampled token: the first call is what we measure.
+            self._evaluated.append(len(tokens))
+            return evaluate(tokens)
+
+        llama.eval = counting_eval
+
+    def chat(self, messages: list[dict], options: ChatOptions | None = None) -> ChatReply:
+        options = options or ChatOptions()
+        if options.schema is None:
+            return self._complete(messages, options, None, options.max_tokens)[0]
+        return complete_under_schema(
+            lambda schema, max_tokens: self._complete(messages, options, schema, max_tokens),
+            options,
+        )
+
+    def _complete(self, messages, options, schema, max_tokens) -> tuple[ChatReply, bool]:
+        grammar = self._grammar(schema) if schema is not None else None
+        self._evaluated.clear()
+        started = time.perf_counter()
+        try:
+            response = self.llama.create_chat_completion(
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=options.temperature,
+                seed=options.seed,
+                # A stop string could cut a JSON reply short; the grammar ends it instead.
+                stop=options.stop if schema is None else None,
+                grammar=grammar,
+            )
+        except ValueError as error:
+            if "exceed context window" in str(error):
+                raise ModelError(
+                    f"the prompt does not fit the model's context of {self.llama.n_ctx()} "
+                    "tokens; shorten the conversation or load the model with a larger n_ctx"
+                ) from None
+            raise
+        seconds = time.perf_counter() - started
+        choice, counts = response["choices"][0], response["usage"]
+        usage = Usage(
+            prompt_tokens=counts["prompt_tokens"],
+            completion_tokens=counts["completion_tokens"],
+            prompt_eval_tokens=self._evaluated[0] if self._evaluated else 0,
+        )
+        reply = ChatReply(choice["message"]["content"] or "", usage, seconds, self.name)
+        return reply, choice["finish_reason"] == "length"
+
+    def _grammar(self, schema: dict):
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        # Built here rather than via response_format, which silently falls back to plain JSON
+        # when the schema cannot be turned into a grammar.
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except Exception as error:  # noqa: BLE001 - the converter raises bare Exceptions
+            raise ModelError(f"invalid JSON schema: llama.cpp cannot use it ({error})") from None
