@@ -449,7 +449,7 @@ def _closest_line(lines: list[str], indices, wanted: str) -> tuple[int, float] |
     if not target:
         return None
     scored = []
-    matcher = difflib.SequenceMatcher(a=target, autojunk=False)
+    matcher = difflib.SequenceMatcher(b=target, autojunk=False)  # b is the cached side
     for index in indices:
         candidate = _normal(lines[index])
         if not candidate:

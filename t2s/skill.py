@@ -14,9 +14,10 @@ import functools
 import os
 import posixpath
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -286,7 +287,7 @@ def validate_skill(
     violations.extend(_link_violations(skill))
     if base is not None:
         violations.extend(_base_violations(skill, base, protected))
-    return violations
+    return sorted(violations, key=lambda v: (v.file != SKILL_FILE, v.file, v.line))
 
 
 def validate_file(skill: Skill, path: str) -> list[Violation]:
