@@ -1,0 +1,327 @@
+"""The rules-based git merge driver for skill markdown: `python -m t2s.mergedriver %O %A %B %L %P`.
+
+`SkillsRepo.init` registers it for `*.md` (`.gitattributes`: `*.md merge=t2s-skill`), so both
+t2s's own consolidation and a person's plain `git merge` resolve overlapping skill edits by the
+same rules. Git finds the overlaps (it only calls a driver for files both sides changed); the
+driver settles them line by line against the merge base O:
+
+1. Each side's changes against O are hunks (difflib on lines). Hunks of the two sides that touch
+   the same base lines (or are insertions at the same base position) form one region; hunks
+   that only touch end to end do not overlap and are both applied.
+2. A region both sides changed the same way (whitespace, case and list markers aside) collapses.
+3. A region where both sides only insert (the same anchor) keeps every inserted block once,
+   the best supported first (ties: ours first).
+4. A region of competing replacements goes to the side more patches support.
+5. A tie is either broken for ours (plain git, and t2s's rules-only merges, so the result is
+   always conflict-free) or, when a support map is given without `T2S_MERGE_TIES=ours`, left as
+   an open conflict with standard markers and exit status 1, for the merge operator.
+
+A *block* is a unit of guidance: a list item (with its indented continuation), a paragraph, or
+a whole section when it starts with a heading. Its support is the number of patches that
+proposed it, read from the JSON map named by `T2S_SUPPORT_FILE` ({block key: count}, keys from
+`block_key`; a deletion is keyed by `deletion_key` of the deleted text). Without a map every
+block has support 1. When `T2S_CONFLICT_LOG` names a file, every tie the rules could not settle
+by support is appended to it as one JSON line, so the caller can show it to the operator.
+
+This module imports only the standard library and nothing else from t2s: git starts it once per
+file per merge, so start-up time matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+
+SUPPORT_ENV = "T2S_SUPPORT_FILE"
+TIES_ENV = "T2S_MERGE_TIES"  # "ours" or "conflict"
+CONFLICT_LOG_ENV = "T2S_CONFLICT_LOG"
+
+_ITEM_START = re.compile(r"^(?:[-*+]|\d+[.)])\s")
+_HEADING = re.compile(r"^#{1,6}\s")
+_LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+
+
+def normalize(text: str) -> str:
+    """The comparable form of some guidance: no list markers, case or runs of whitespace."""
+    lines = (_LIST_MARKER.sub("", line).strip() for line in text.splitlines())
+    return "\n".join(" ".join(line.lower().split()) for line in lines if line)
+
+
+def block_key(text: str) -> str:
+    return hashlib.sha1(normalize(text).encode("utf-8")).hexdigest()[:20]
+
+
+def deletion_key(deleted_text: str) -> str:
+    return "del:" + block_key(deleted_text)
+
+
+def split_blocks(lines: list[str]) -> list[list[str]]:
+    """Cut inserted lines into blocks; blank lines stay with the block before them."""
+    blocks: list[list[str]] = []
+    current: list[str] = []
+    previous_blank = True
+    in_section = False
+    for line in lines:
+        blank = not line.strip()
+        heading = bool(_HEADING.match(line))
+        starts = not blank and (heading or (not in_section and (previous_blank or _ITEM_START.match(line))))
+        if starts and any(existing.strip() for existing in current):
+            blocks.append(current)
+            current = []
+        if heading:
+            in_section = True
+        current.append(line)
+        previous_blank = blank
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def hunk_keys(base_lines: list[str], new_lines: list[str]) -> list[str]:
+    """The support keys of one change: its inserted blocks, or the deletion when it adds nothing."""
+    if any(line.strip() for line in new_lines):
+        return [block_key("".join(block)) for block in split_blocks(new_lines)]
+    if any(line.strip() for line in base_lines):
+        return [deletion_key("".join(base_lines))]
+    return []
+
+
+def diff_hunks(base: list[str], side: list[str]) -> list[tuple[int, int, list[str]]]:
+    """(start, end, new lines) for each change of `side` against `base`, in order."""
+    prefix = 0
+    limit = min(len(base), len(side))
+    while prefix < limit and base[prefix] == side[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < limit - prefix and base[-1 - suffix] == side[-1 - suffix]:
+        suffix += 1
+    base_middle = base[prefix : len(base) - suffix]
+    side_middle = side[prefix : len(side) - suffix]
+    if not base_middle and not side_middle:
+        return []
+    if not base_middle or not side_middle:
+        return [(prefix, len(base) - suffix, side_middle)]
+    matcher = SequenceMatcher(None, base_middle, side_middle, autojunk=False)
+    return [
+        (prefix + i1, prefix + i2, side_middle[j1:j2])
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+        if tag != "equal"
+    ]
+
+
+@dataclass
+class Conflict:
+    """A region the rules could not settle by support."""
+
+    base: str
+    ours: str
+    theirs: str
+    ours_support: int
+    theirs_support: int
+    resolution: str  # "ours" (tie broken) or "open" (markers left in the text)
+
+
+@dataclass
+class MergeOutcome:
+    text: str
+    conflicts: list[Conflict] = field(default_factory=list)
+
+    @property
+    def open(self) -> bool:
+        return any(conflict.resolution == "open" for conflict in self.conflicts)
+
+
+@dataclass
+class _Region:
+    start: int
+    end: int
+    hunks: dict[str, list[tuple[int, int, list[str]]]] = field(
+        default_factory=lambda: {"ours": [], "theirs": []}
+    )
+
+    def overlaps(self, start: int, end: int) -> bool:
+        if start == end == self.start == self.end:
+            return True  # two insertions at the same anchor
+        return start < self.end and self.start < end
+
+
+def _apply(base: list[str], start: int, end: int, hunks) -> list[str]:
+    out: list[str] = []
+    position = start
+    for hunk_start, hunk_end, new_lines in hunks:
+        out.extend(base[position:hunk_start])
+        out.extend(new_lines)
+        position = hunk_end
+    out.extend(base[position:end])
+    return out
+
+
+def _lines(text: str) -> list[str]:
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text.splitlines(keepends=True)
+
+
+class _Merger:
+    def __init__(self, support: dict[str, int] | None, ties: str, marker_size: int):
+        self.support = support or {}
+        self.ties = ties
+        self.marker_size = marker_size
+        self.conflicts: list[Conflict] = []
+
+    def block_support(self, block: list[str]) -> int:
+        return self.support.get(block_key("".join(block)), 1)
+
+    def side_support(self, base: list[str], hunks) -> int:
+        keys = [key for start, end, new in hunks for key in hunk_keys(base[start:end], new)]
+        return max((self.support.get(key, 1) for key in keys), default=1)
+
+    def resolve(self, base: list[str], region: _Region) -> list[str]:
+        ours_hunks, theirs_hunks = region.hunks["ours"], region.hunks["theirs"]
+        ours = _apply(base, region.start, region.end, ours_hunks)
+        theirs = _apply(base, region.start, region.end, theirs_hunks)
+        if not theirs_hunks or ours == theirs:
+            return ours
+        if not ours_hunks:
+            return theirs
+        if normalize("".join(ours)) == normalize("".join(theirs)):
+            return ours  # the same edit, written slightly differently
+        if region.start == region.end:
+            return self.union(ours, theirs)
+        ours_support = self.side_support(base, ours_hunks)
+        theirs_support = self.side_support(base, theirs_hunks)
+        if ours_support != theirs_support:
+            return ours if ours_support > theirs_support else theirs
+        conflict = Conflict(
+            "".join(base[region.start : region.end]),
+            "".join(ours),
+            "".join(theirs),
+            ours_support,
+            theirs_support,
+            "ours" if self.ties == "ours" else "open",
+        )
+        self.conflicts.append(conflict)
+        if conflict.resolution == "ours":
+            return ours
+        return [
+            "<" * self.marker_size + f" ours (support {ours_support})\n",
+            *ours,
+            "=" * self.marker_size + "\n",
+            *theirs,
+            ">" * self.marker_size + f" theirs (support {theirs_support})\n",
+        ]
+
+    def union(self, ours: list[str], theirs: list[str]) -> list[str]:
+        """Every block both insertions bring, once each, the best supported first."""
+        seen: set[str] = set()
+        blocks: list[tuple[int, int, list[str]]] = []
+        for block in split_blocks(ours) + split_blocks(theirs):
+            key = normalize("".join(block))
+            if key in seen:
+                continue
+            seen.add(key)
+            blocks.append((-self.block_support(block), len(blocks), block))
+        blocks.sort(key=lambda item: item[:2])
+        merged = [line for _, _, block in blocks for line in block]
+        if merged and not merged[-1].endswith("\n"):
+            merged[-1] += "\n"
+        return merged
+
+    def merge(self, base_text: str, ours_text: str, theirs_text: str) -> str:
+        base = _lines(base_text)
+        hunks = [(s, e, new, "ours") for s, e, new in diff_hunks(base, _lines(ours_text))]
+        hunks += [(s, e, new, "theirs") for s, e, new in diff_hunks(base, _lines(theirs_text))]
+        hunks.sort(key=lambda hunk: (hunk[0], hunk[1], hunk[3]))
+        regions: list[_Region] = []
+        for start, end, new_lines, side in hunks:
+            if not regions or not regions[-1].overlaps(start, end):
+                regions.append(_Region(start, end))
+            region = regions[-1]
+            region.start, region.end = min(region.start, start), max(region.end, end)
+            region.hunks[side].append((start, end, new_lines))
+        out: list[str] = []
+        position = 0
+        for region in regions:
+            out.extend(base[position : region.start])
+            out.extend(self.resolve(base, region))
+            position = region.end
+        out.extend(base[position:])
+        return "".join(out)
+
+
+def merge_texts(
+    base: str,
+    ours: str,
+    theirs: str,
+    *,
+    support: dict[str, int] | None = None,
+    ties: str = "ours",
+    marker_size: int = 7,
+) -> MergeOutcome:
+    """Merge two edits of `base` by the rules above; `ties` is "ours" or "conflict"."""
+    if ties not in ("ours", "conflict"):
+        raise ValueError(f"ties must be 'ours' or 'conflict', not {ties!r}")
+    merger = _Merger(support, ties, marker_size)
+    text = merger.merge(base, ours, theirs)
+    return MergeOutcome(text, merger.conflicts)
+
+
+def load_support(path: str | None) -> dict[str, int] | None:
+    """The support map from `path` ({key: count} or {key: {"support": count, ...}})."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as stream:
+        data = json.load(stream)
+    return {
+        str(key): int(value["support"] if isinstance(value, dict) else value)
+        for key, value in data.items()
+    }
+
+
+def _read(path: str) -> str:
+    with open(path, "rb") as stream:
+        return stream.read().decode("utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 3:
+        print("usage: python -m t2s.mergedriver BASE OURS THEIRS [MARKER_SIZE [PATH]]", file=sys.stderr)
+        return 2
+    base_path, ours_path, theirs_path = args[:3]
+    marker_size = int(args[3]) if len(args) > 3 and args[3].isdigit() else 7
+    path = args[4] if len(args) > 4 else ours_path
+    try:
+        base, ours, theirs = _read(base_path), _read(ours_path), _read(theirs_path)
+    except UnicodeDecodeError:
+        print(f"t2s merge driver: {path} is not UTF-8 text; left for you to merge", file=sys.stderr)
+        return 1
+    try:
+        support = load_support(os.environ.get(SUPPORT_ENV))
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        print(
+            f"t2s merge driver: cannot read the support map {os.environ.get(SUPPORT_ENV)} "
+            f"({error}); every block counts as supported once",
+            file=sys.stderr,
+        )
+        support = None
+    ties = os.environ.get(TIES_ENV) or ("conflict" if support is not None else "ours")
+    outcome = merge_texts(base, ours, theirs, support=support, ties=ties, marker_size=marker_size)
+    with open(ours_path, "wb") as stream:
+        stream.write(outcome.text.encode("utf-8"))
+    log_path = os.environ.get(CONFLICT_LOG_ENV)
+    if log_path and outcome.conflicts:
+        with open(log_path, "a", encoding="utf-8") as stream:
+            for conflict in outcome.conflicts:
+                record = {"path": path, **conflict.__dict__}
+                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return 1 if outcome.open else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
