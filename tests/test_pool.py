@@ -1,0 +1,270 @@
+import faulthandler
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from scripted import ScriptedSource
+
+from t2s.errors import ConfigError, ModelError
+from t2s.models import LlamaSource
+from t2s.models.base import ChatOptions
+from t2s.pool import PoolResult, run_pool
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def echo(model, item):
+    return {
+        "item": item,
+        "pid": os.getpid(),
+        "reply": model.chat([{"role": "user", "content": "x"}]).text,
+    }
+
+
+def by_index(results):
+    return {result.index: result for result in results}
+
+
+def test_every_item_comes_back_from_worker_processes():
+    source = ScriptedSource(["hello"])
+    results = list(run_pool(echo, range(6), model=source, workers=2, progress=False))
+    assert sorted(r.index for r in results) == list(range(6))
+    assert all(r.ok and r.value["reply"] == "hello" and r.value["item"] == r.item for r in results)
+    pids = {r.value["pid"] for r in results}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert source.loads == []  # the parent never loaded the model: each worker did
+
+
+def test_each_worker_loads_its_model_once_with_its_share_of_threads(monkeypatch):
+    monkeypatch.setattr("t2s.pool.cpu_count", lambda: 4)
+
+    class CountingSource(ScriptedSource):
+        def load(self, *, threads=None, worker_index=0):
+            model = super().load(threads=threads, worker_index=worker_index)
+            model.loaded_with = (os.getpid(), threads, worker_index, len(self.loads))
+            return model
+
+    def loaded_with(model, item):
+        return model.loaded_with
+
+    results = list(
+        run_pool(loaded_with, range(8), model=CountingSource(["x"]), workers=2, progress=False)
+    )
+    loads = {r.value for r in results}
+    assert {threads for _, threads, _, _ in loads} == {2}  # 4 cpus split over 2 workers
+    assert {index for _, _, index, _ in loads} == {0, 1}
+    assert all(times_loaded == 1 for *_, times_loaded in loads)
+
+
+def test_exceptions_are_recorded_and_the_run_goes_on():
+    def picky(model, item):
+        if item == 2:
+            raise ValueError("item two is bad")
+        return item * 10
+
+    results = by_index(run_pool(picky, range(5), model=None, workers=2, progress=False))
+    assert [results[i].ok for i in range(5)] == [True, True, False, True, True]
+    assert results[2].error.startswith("ValueError: item two is bad")
+    assert results[4].value == 40
+
+
+def test_a_crashed_worker_costs_only_its_item_and_is_replaced():
+    def crashy(model, item):
+        if item == 1:
+            os._exit(3)
+        if item == 4:
+            faulthandler.disable()  # pytest's handler, inherited by the fork, would print a dump
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return os.getpid()
+
+    results = by_index(
+        run_pool(crashy, range(8), model=ScriptedSource(["x"]), workers=2, progress=False)
+    )
+    assert sorted(results) == list(range(8))
+    assert results[1].error == "worker crashed (exit code 3)"
+    assert results[4].error == "worker crashed (exit code -11, SIGSEGV)"
+    assert all(results[i].ok for i in (0, 2, 3, 5, 6, 7))
+
+
+def test_a_hung_item_times_out_and_the_others_finish():
+    def sleepy(model, item):
+        if item == 0:
+            time.sleep(60)
+        return item
+
+    started = time.monotonic()
+    results = by_index(
+        run_pool(sleepy, range(4), model=None, workers=2, timeout=1.5, progress=False)
+    )
+    assert time.monotonic() - started < 30
+    assert results[0].ok is False and results[0].error == "timed out after 1.5s"
+    assert [results[i].value for i in (1, 2, 3)] == [1, 2, 3]
+
+
+def test_results_stream_back_as_they_finish():
+    def slow_first(model, item):
+        time.sleep(1.0 if item == 0 else 0.05)
+        return item
+
+    order = [r.index for r in run_pool(slow_first, range(4), model=None, workers=2, progress=False)]
+    assert order[-1] == 0
+
+
+def test_one_worker_runs_in_process_with_a_timeout():
+    source = ScriptedSource(["x"])
+
+    def where(model, item):
+        if item == "hang":
+            time.sleep(30)
+        return os.getpid()
+
+    results = list(
+        run_pool(where, ["a", "hang", "b"], model=source, workers=1, timeout=1, progress=False)
+    )
+    assert source.loads == [0]  # loaded here, once
+    assert [r.value for r in results if r.ok] == [os.getpid(), os.getpid()]
+    assert results[1].error == "timed out after 1s"
+
+
+def test_t2s_workers_env_selects_in_process(monkeypatch):
+    monkeypatch.setenv("T2S_WORKERS", "1")
+    results = list(run_pool(lambda model, item: os.getpid(), range(3), model=None, progress=False))
+    assert {r.value for r in results} == {os.getpid()}
+
+
+def test_bad_worker_counts_are_refused(monkeypatch):
+    with pytest.raises(ConfigError, match="at least 1"):
+        list(run_pool(echo, [1], model=None, workers=0))
+    monkeypatch.setenv("T2S_WORKERS", "many")
+    with pytest.raises(ConfigError, match="T2S_WORKERS='many'"):
+        list(run_pool(echo, [1], model=None))
+
+
+def test_a_model_that_cannot_load_stops_the_run_with_its_reason():
+    class BrokenSource:
+        name = "broken"
+
+        def load(self, *, threads=None, worker_index=0):
+            raise ModelError("model file nowhere.gguf not found")
+
+    with pytest.raises(ModelError, match="cannot load broken in a worker: model file nowhere.gguf"):
+        list(run_pool(echo, range(3), model=BrokenSource(), workers=2, progress=False))
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("cannot pickle this")
+
+
+def test_a_result_that_cannot_be_sent_back_is_a_failed_item():
+    def unpicklable(model, item):
+        return Unpicklable() if item == 1 else item
+
+    results = by_index(run_pool(unpicklable, range(3), model=None, workers=2, progress=False))
+    assert results[1].ok is False and "cannot be sent back" in results[1].error
+    assert results[0].value == 0 and results[2].value == 2
+
+
+def test_progress_is_reported_on_stderr(capsys):
+    list(run_pool(lambda model, item: item, range(3), model=None, workers=2, label="demo"))
+    assert "demo" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_every_worker_and_leaves_no_orphans(tmp_path):
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, sys, time
+            sys.path.insert(0, {str(ROOT)!r})
+            from t2s.pool import run_pool
+
+            def stall(model, item):
+                open(os.path.join({str(tmp_path)!r}, f"worker-{{os.getpid()}}"), "w").close()
+                time.sleep(60)
+
+            for result in run_pool(stall, range(4), model=None, workers=2, progress=False):
+                print(result)
+            """
+        )
+    )
+    process = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while len(list(tmp_path.glob("worker-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [int(path.name.split("-")[1]) for path in tmp_path.glob("worker-*")]
+        assert len(workers) == 2
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    for pid in workers:
+        assert not _alive(pid), f"worker {pid} outlived the interrupted parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "maxLength": 40}},
+    "required": ["answer"],
+}
+
+
+def ask(model, prompt):
+    reply = model.chat(
+        [{"role": "user", "content": prompt}], ChatOptions(schema=SCHEMA, max_tokens=32)
+    )
+    return reply.json()
+
+
+@pytest.mark.model
+def test_a_two_worker_pool_answers_eight_prompts_with_the_embedded_model(embedded_model_path):
+    source = LlamaSource(embedded_model_path, n_ctx=2048)
+    prompts = [f"Name a colour number {n}." for n in range(8)]
+    results = list(run_pool(ask, prompts, model=source, workers=2, timeout=120, progress=False))
+    assert sorted(r.index for r in results) == list(range(8))
+    for result in results:
+        assert result.ok, result.error
+        jsonschema.validate(result.value, SCHEMA)
+
+
+@pytest.mark.model
+def test_a_worker_killed_mid_generation_is_survived_and_reported(embedded_model_path):
+    def ask_or_die(model, prompt):
+        answer = ask(model, prompt)
+        if prompt == "die":
+            os.kill(os.getpid(), signal.SIGKILL)  # killed after real work, before replying
+        return answer
+
+    prompts = ["Say hi.", "die", "Say bye.", "Say yes."]
+    results = by_index(
+        run_pool(
+            ask_or_die,
+            prompts,
+            model=LlamaSource(embedded_model_path, n_ctx=2048),
+            workers=2,
+            timeout=120,
+            progress=False,
+        )
+    )
+    assert sorted(results) == [0, 1, 2, 3]
+    assert results[1] == PoolResult(
+        1, "die", False, None, "worker crashed (exit code -9, SIGKILL)", results[1].seconds
+    )
+    assert all(results[i].ok for i in (0, 2, 3))
