@@ -60,7 +60,8 @@ def plot_bars(
     for k, (name, values) in enumerate(series.items()):
         positions = [i + (k - (count - 1) / 2) * width for i in range(len(labels))]
         bars = axes.bar(positions, values, width, label=name)
-        axes.bar_label(bars, fmt="%.2f", fontsize=8)
+        # A missing value (NaN) draws no bar and gets no label.
+        axes.bar_label(bars, labels=[f"{v:.2f}" if v == v else "" for v in values], fontsize=8)
     axes.set_xticks(range(len(labels)))
     axes.set_xticklabels([_short(label) for label in labels], rotation=15, ha="right")
     return _finish(figure, axes, path, title, ylabel)
@@ -104,7 +105,8 @@ def _finish(figure, axes, path: Path, title: str, ylabel: str) -> Path:
 
 
 def _numeric(cell: str) -> bool:
-    text = cell.strip().rstrip("%s").lstrip("+-")
+    """A number, possibly followed by its delta: "0.500 (+0.250)"."""
+    text = (cell.split() or [""])[0].rstrip("%s").lstrip("+-±")
     return bool(text) and text.replace(".", "", 1).replace(",", "").isdigit()
 
 
