@@ -100,3 +100,63 @@ def test_skill_directories_and_duplicates(tmp_path):
         resolve_skill_specs(tmp_path, [str(tmp_path / "skill")] * 2, no_skill=False)
     with pytest.raises(ConfigError, match="nothing to evaluate"):
         resolve_skill_specs(tmp_path, [], no_skill=False)
+
+
+# -- ablation: which skills are measured ----------------------------------------------------
+
+
+def build_run(tmp_path):
+    """A skills repository with three patches of run `r1`; the result merges patches 1 and 2."""
+    from t2s.repo import PatchCommit, SkillsRepo
+
+    repo = SkillsRepo.init(tmp_path / "skills_repo")
+    base = repo.resolve("main")
+    skill = repo.read_skill(base)
+    text = skill.files["SKILL.md"]
+    one = skill.with_file("SKILL.md", text.replace(
+        "## Workflow\n", "## Workflow\n\nLesson one: read headers first.\n", 1))
+    two = skill.with_file("SKILL.md", text + "\n## Dates\n\nLesson two: dates are serials.\n")
+    three = skill.with_file("SKILL.md", text + "\n## Noise\n\nLesson three.\n")
+    shas = [
+        repo.create_patch_branch("r1", n, base, patched, PatchCommit(lesson=f"Lesson {n}", task=f"t{n}"))
+        for n, patched in ((1, one), (2, two), (3, three))
+    ]
+    merged = repo.merge_tree(shas[0], shas[1])
+    assert merged.clean
+    result = repo.commit_tree(merged.tree, shas[:2], "Merge patches 1 and 2\n")
+    repo.update_refs({"t2s/r1/result": result})
+    return repo, base, shas, result
+
+
+def test_ablation_measures_each_patch_alone_and_removed(tmp_path):
+    from t2s.evaluate import ablation_columns
+
+    repo, base, shas, result = build_run(tmp_path)
+    specs, lessons = ablation_columns(repo, "r1")
+    labels = [spec.label for spec in specs]
+    assert labels == ["base", "result", "patch 1 alone", "result without 1", "patch 2 alone",
+                      "result without 2", "patch 3 alone"]
+    by_label = {spec.label: spec for spec in specs}
+    assert by_label["base"].commit == base and by_label["result"].commit == result
+    assert by_label["patch 2 alone"].commit == shas[1]
+    without_one = by_label["result without 1"].skill.files["SKILL.md"]
+    assert "Lesson one" not in without_one and "Lesson two" in without_one
+    without_two = by_label["result without 2"].skill.files["SKILL.md"]
+    assert "Lesson one" in without_two and "Lesson two" not in without_two
+    assert [lesson["in_result"] for lesson in lessons] == [True, True, False]
+    assert lessons[0]["lesson"] == "Lesson 1" and lessons[0]["task"] == "t1"
+    assert "dropped by consolidation" in lessons[2]["note"]
+    # The reverted skills are kept as branches, so a rerun measures the very same commits.
+    again, _ = ablation_columns(repo, "r1")
+    assert [s.commit for s in again] == [s.commit for s in specs]
+    assert repo.branches("t2s/r1/ablate/")["t2s/r1/ablate/without-1"] == by_label["result without 1"].commit
+
+
+def test_ablation_of_an_unknown_run_is_a_clear_error(tmp_path):
+    from t2s.errors import RunError
+    from t2s.evaluate import resolve_ablation_run
+
+    repo, *_ = build_run(tmp_path)
+    assert resolve_ablation_run(repo, tmp_path / "runs", "r1") == "r1"
+    with pytest.raises(RunError, match="no run 'nope'"):
+        resolve_ablation_run(repo, tmp_path / "runs", "nope")
