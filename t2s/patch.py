@@ -119,6 +119,14 @@ class Edit:
     target: str = ""
     content: str = ""
 
+    def __post_init__(self):
+        for name in FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, "")
+            elif not isinstance(value, str):
+                raise PatchError(f"edit field '{name}' must be a string, not {type(value).__name__}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], index: int = 0) -> Edit:
         """An edit that has the fields its operation needs (PatchError otherwise)."""
@@ -378,7 +386,7 @@ def _apply_edit(skill: Skill, edit: Edit, path: str) -> tuple[Skill, list[str]]:
         lines[-1] += "\n"
     notes: list[str] = []
     if op in ("insert_after", "insert_before"):
-        start, end = _find_anchor(lines, edit.anchor, path, notes)
+        start, end = _find_anchor(lines, edit.anchor, path, skill.sections(path), notes)
         new = _lines(_block(edit.content, "content"))
         lines = lines[:end] + new + lines[end:] if op == "insert_after" \
             else lines[:start] + new + lines[start:]
@@ -412,14 +420,18 @@ def _normal(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def _find_anchor(lines: list[str], anchor: str, path: str, notes: list[str]) -> tuple[int, int]:
-    """The 0-based [start, end) line range of `anchor` in `lines`."""
+def _find_anchor(lines, anchor: str, path: str, sections, notes: list[str]) -> tuple[int, int]:
+    """The 0-based [start, end) line range of `anchor` in `lines`.
+
+    Exact lines first; then the same lines ignoring whitespace and case; then, for a one-line
+    anchor, a heading whose title it names, or the one line at least FUZZY_RATIO similar.
+    """
     wanted = anchor.replace("\r\n", "\n").strip("\n").split("\n")
     if not "".join(wanted).strip():
         raise _Refused("'anchor' is empty")
     size = len(wanted)
     windows = range(len(lines) - size + 1)
-    exact = [i for i in windows if [line.rstrip("\n") for line in lines[i : i + size]] == wanted]
+    exact = [i for i in windows if [line.rstrip("\r\n") for line in lines[i : i + size]] == wanted]
     if len(exact) == 1:
         return exact[0], exact[0] + size
     if len(exact) > 1:
@@ -432,6 +444,12 @@ def _find_anchor(lines: list[str], anchor: str, path: str, notes: list[str]) -> 
     if len(loose) > 1:
         raise _Refused(f"anchor matches {len(loose)} places in {path}; quote a unique anchor")
     if size == 1:
+        headings = [
+            s.start_line - 1 for s in sections if _loose_title(s.title) == _loose_title(wanted[0])
+        ]
+        if len(headings) == 1:
+            notes.append(f"anchor matched the heading at line {headings[0] + 1} of {path}")
+            return headings[0], headings[0] + 1
         found = _closest_line(lines, range(len(lines)), wanted[0])
         if found is not None:
             index, ratio = found

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
@@ -38,7 +39,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 # scripts/ is always protected; a skill can protect more paths with front matter `protected:`.
 ALWAYS_PROTECTED = ("scripts/**",)
 
-_HEADING = re.compile(r"^(#{1,3})[ \t]+(.*?)[ \t]*#*[ \t]*$")
+# A closing run of #s only counts after a space ("## Use C#" keeps its "#").
+_HEADING = re.compile(r"^(#{1,3})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r"^[ ]{0,3}(`{3,}|~{3,})")
 _INLINE_LINK = re.compile(r"!?\[[^\]\n]*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'(][^)]*)?\s*\)")
 _REFERENCE_DEFINITION = re.compile(r"^[ ]{0,3}\[[^\]\n]+\]:\s*<?(\S+?)>?(?:\s+.*)?$")
@@ -106,6 +108,12 @@ def check_skill_path(path: str) -> str:
     return path
 
 
+def _check_file(path: str, text: str) -> None:
+    check_skill_path(path)
+    if not isinstance(text, str):
+        raise SkillError(f"{path}: skill files are text; got {type(text).__name__}")
+
+
 class Skill:
     """A skill's text files, keyed by relative POSIX path (``SKILL.md``, ``references/x.md``...).
 
@@ -116,13 +124,16 @@ class Skill:
     __slots__ = ("files",)
 
     def __init__(self, files: Mapping[str, str]):
-        checked = {}
         for path, text in files.items():
-            check_skill_path(path)
-            if not isinstance(text, str):
-                raise SkillError(f"{path}: skill files are text; got {type(text).__name__}")
-            checked[path] = text
-        self.files: dict[str, str] = checked
+            _check_file(path, text)
+        self.files: dict[str, str] = dict(files)
+
+    @classmethod
+    def _trusted(cls, files: dict[str, str]) -> Skill:
+        """A skill from files already checked (patching makes many; each checks one path)."""
+        skill = cls.__new__(cls)
+        skill.files = files
+        return skill
 
     # -- reading and writing directories -------------------------------------------------
 
@@ -161,20 +172,20 @@ class Skill:
     # -- values ---------------------------------------------------------------------------
 
     def with_file(self, path: str, text: str) -> Skill:
+        _check_file(path, text)
         files = dict(self.files)
         files[path] = text
-        return Skill(files)
+        return Skill._trusted(files)
 
     def without_file(self, path: str) -> Skill:
         files = dict(self.files)
         files.pop(path, None)
-        return Skill(files)
+        return Skill._trusted(files)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Skill) and self.files == other.files
 
-    def __hash__(self) -> int:
-        return hash(tuple(sorted(self.files.items())))
+    __hash__ = None  # files is a mutable dict
 
     def __repr__(self) -> str:
         return f"Skill({self.name or '?'!r}, {len(self.files)} files)"
@@ -189,12 +200,15 @@ class Skill:
 
     @property
     def name(self) -> str:
-        value = self.front_matter.get("name")
-        return value if isinstance(value, str) else ""
+        return self._front_matter_text("name")
 
     @property
     def description(self) -> str:
-        value = self.front_matter.get("description")
+        return self._front_matter_text("description")
+
+    def _front_matter_text(self, key: str) -> str:
+        data = _parse_front_matter(self.files.get(SKILL_FILE, "")).data
+        value = data.get(key) if isinstance(data, dict) else None
         return value if isinstance(value, str) else ""
 
     @property
@@ -470,7 +484,7 @@ def _parse_links(path: str, text: str) -> tuple[tuple[int, str, str], ...]:
         if definition:
             targets.append(definition.group(1))
         for target in targets:
-            relative = target.split("#", 1)[0].split("?", 1)[0]
+            relative = unquote(target.split("#", 1)[0].split("?", 1)[0])
             if not relative or _SCHEME.match(target) or target.startswith(("/", "#")):
                 continue
             resolved = posixpath.normpath(posixpath.join(directory, relative))

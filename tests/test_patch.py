@@ -377,3 +377,30 @@ def test_bad_model_content_never_raises():
     result = apply_patch(demo(), Patch("", [], nasty))
     assert result.rejected and len(result.refused) == len(nasty)
     assert result.skill == demo()
+
+
+def test_anchor_naming_a_heading_title_is_a_reported_fuzzy_match():
+    result = apply(demo(), {"op": "insert_after", "anchor": "Checks", "content": "First check."})
+    body = lines(result)
+    assert body[body.index("## Checks") + 1] == "First check."
+    assert result.notes == [
+        "edit 1 (insert_after): anchor matched the heading at line 18 of SKILL.md"
+    ]
+
+
+def test_windows_line_endings_in_the_skill_match_exactly():
+    skill = demo().with_file("SKILL.md", SKILL_MD.replace("\n", "\r\n"))
+    result = apply(skill, {"op": "insert_after", "anchor": "- Read the sheet.", "content": "- x"})
+    assert len(result.applied) == 1 and result.notes == []
+
+
+def test_ambiguous_section_is_refused():
+    skill = demo().with_file("SKILL.md", SKILL_MD + "\n## Checks\n\nAgain.\n")
+    result = apply(skill, {"op": "append_to_section", "section": "Checks", "content": "x"})
+    assert result.refused[0].reason == "section 'Checks' appears 2 times in SKILL.md"
+
+
+def test_edit_fields_must_be_strings():
+    assert Edit("delete_file", None).file == ""
+    with pytest.raises(PatchError, match="'content' must be a string"):
+        Edit("create_file", "references/x.md", content=3)

@@ -240,3 +240,21 @@ def test_parsing_is_shared_between_equal_texts():
     first, second = make(), make()
     assert first.sections() == second.sections()
     assert first.sections() is not first.sections()  # callers may modify what they get
+
+
+def test_heading_closing_hashes_need_a_space():
+    skill = make(FRONT + "# T\n## Use C#\n## Tips ##\n")
+    assert [s.title for s in skill.sections()] == ["T", "Use C#", "Tips"]
+
+
+def test_percent_encoded_link_resolves():
+    skill = make(FRONT + "[g](references/my%20guide.md)\n", **{"references__my guide.md": "g\n"})
+    assert validate_skill(skill) == []
+
+
+def test_with_file_checks_the_new_path_only():
+    skill = make()
+    assert skill.with_file("references/new.md", "n").files["references/new.md"] == "n"
+    assert "references/new.md" not in skill.files  # the original is unchanged
+    with pytest.raises(SkillError):
+        skill.with_file("../escape.md", "x")
