@@ -91,7 +91,7 @@ def list_models(directory: Path | str | None = None) -> list[ListedModel]:
     if not directory.is_dir():
         raise ModelError(f"model directory {directory} does not exist; run `make model`")
     listed = []
-    for path in sorted(directory.glob("*.gguf")):
+    for path in sorted(directory.glob("*.gguf"), key=lambda path: path.name.lower()):
         try:
             listed.append(ListedModel(path, read_gguf(path), None))
         except ModelError as error:
