@@ -79,6 +79,9 @@ PATCH_SCHEMA: dict[str, Any] = {
 
 _REFERENCE_NAME = re.compile(r"^references/[A-Za-z0-9][A-Za-z0-9._-]*\.md$")
 FUZZY_RATIO = 0.9
+# Models often quote the start of a long line; a quote this long that occurs in one line only
+# names that line.
+MIN_PARTIAL_ANCHOR = 16
 
 
 def patch_schema() -> dict[str, Any]:
@@ -125,7 +128,8 @@ class Edit:
             if value is None:
                 object.__setattr__(self, name, "")
             elif not isinstance(value, str):
-                raise PatchError(f"edit field '{name}' must be a string, not {type(value).__name__}")
+                kind = type(value).__name__
+                raise PatchError(f"edit field '{name}' must be a string, not {kind}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], index: int = 0) -> Edit:
@@ -263,7 +267,8 @@ def apply_patch(skill: Skill, patch: Patch, *, base: Skill | None = None) -> App
             continue
         break
     refused = [
-        RefusedEdit(patch.edits[index], reason, index) for index, reason in sorted(run.refused.items())
+        RefusedEdit(patch.edits[index], reason, index)
+        for index, reason in sorted(run.refused.items())
     ]
     applied = [patch.edits[index] for index in run.applied]
     rejection = ""
@@ -424,7 +429,8 @@ def _find_anchor(lines, anchor: str, path: str, sections, notes: list[str]) -> t
     """The 0-based [start, end) line range of `anchor` in `lines`.
 
     Exact lines first; then the same lines ignoring whitespace and case; then, for a one-line
-    anchor, a heading whose title it names, or the one line at least FUZZY_RATIO similar.
+    anchor, a heading whose title it names, the one line at least FUZZY_RATIO similar, or the
+    one line that contains it (at least MIN_PARTIAL_ANCHOR characters).
     """
     wanted = anchor.replace("\r\n", "\n").strip("\n").split("\n")
     if not "".join(wanted).strip():
@@ -457,6 +463,13 @@ def _find_anchor(lines, anchor: str, path: str, sections, notes: list[str]) -> t
                 f"anchor matched fuzzily (similarity {ratio:.2f}) at line {index + 1} of {path}: "
                 f"{lines[index].strip()[:80]!r}"
             )
+            return index, index + 1
+        part = _normal(wanted[0])
+        containing = [i for i, line in enumerate(lines) if part in _normal(line)]
+        if len(part) >= MIN_PARTIAL_ANCHOR and len(containing) == 1:
+            index = containing[0]
+            notes.append(f"anchor matched part of line {index + 1} of {path}; the edit uses the "
+                         "whole line")
             return index, index + 1
     raise _Refused(f"anchor not found in {path}")
 

@@ -93,7 +93,7 @@ class Violation:
 
 
 def check_skill_path(path: str) -> str:
-    """Return `path` if it is a safe relative POSIX path inside a skill's layout; else SkillError."""
+    """`path` if it is a safe relative POSIX path inside a skill's layout; else SkillError."""
     if not isinstance(path, str) or not path:
         raise SkillError("a skill file path must be a non-empty string")
     if "\\" in path or path.startswith("/") or re.match(r"^[A-Za-z]:", path):
@@ -258,7 +258,8 @@ class Skill:
 
     def protected_patterns(self) -> list[str]:
         """scripts/** plus every path or glob listed in front matter `protected:`."""
-        listed = self.front_matter.get("protected") or []
+        data = _parse_front_matter(self.files.get(SKILL_FILE, "")).data
+        listed = (data.get("protected") if isinstance(data, dict) else None) or []
         if isinstance(listed, str):
             listed = [listed]
         extra = [item.strip() for item in listed if isinstance(item, str) and item.strip()]
@@ -478,6 +479,8 @@ def _parse_links(path: str, text: str) -> tuple[tuple[int, str, str], ...]:
     for number, line, in_code in _markdown_lines(text):
         if in_code:
             continue
+        if "](" not in line and "]:" not in line:
+            continue
         visible = _INLINE_CODE.sub("", line)
         targets = [m.group(1) for m in _INLINE_LINK.finditer(visible)]
         definition = _REFERENCE_DEFINITION.match(visible)
@@ -493,6 +496,8 @@ def _parse_links(path: str, text: str) -> tuple[tuple[int, str, str], ...]:
 
 
 def _conflict_markers(text: str) -> list[tuple[int, str]]:
+    if "<<<<<<<" not in text and ">>>>>>>" not in text:
+        return []
     found = []
     open_at = 0
     for number, line in enumerate(text.splitlines(), start=1):

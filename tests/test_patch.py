@@ -119,7 +119,8 @@ def test_from_json():
 
 def test_insert_after_and_before_exact():
     result = apply(demo(),
-                   {"op": "insert_after", "anchor": "- Read the sheet.", "content": "- Find headers."},
+                   {"op": "insert_after", "anchor": "- Read the sheet.",
+                    "content": "- Find headers."},
                    {"op": "insert_before", "anchor": "## Checks", "content": "Note.\n"})
     body = lines(result)
     assert body[body.index("- Read the sheet.") + 1] == "- Find headers."
@@ -130,7 +131,8 @@ def test_insert_after_and_before_exact():
 
 def test_multi_line_anchor():
     result = apply(demo(), {"op": "insert_after",
-                            "anchor": "- Read the sheet.\n- Write the answer.", "content": "- Save."})
+                            "anchor": "- Read the sheet.\n- Write the answer.",
+                            "content": "- Save."})
     assert lines(result)[12] == "- Save."
 
 
@@ -296,7 +298,8 @@ def test_link_without_its_file_is_dropped():
 
 def test_dropping_a_link_unpairs_the_file_it_named():
     # The link's edit is refused (its anchor does not exist), so the new file loses its link.
-    result = apply(demo(), {"op": "insert_after", "anchor": "Nowhere", "content": "[n](references/n.md)"},
+    result = apply(demo(), {"op": "insert_after", "anchor": "Nowhere",
+                            "content": "[n](references/n.md)"},
                    {"op": "create_file", "file": "references/n.md", "content": "n"})
     assert result.rejected and len(result.refused) == 2
 
@@ -365,7 +368,9 @@ def test_rejected_patches():
                           "target": "output", "content": "output"})
     assert noop.rejected and noop.rejection == "the applied edits change nothing"
     refused = apply(demo(), {"op": "delete_section", "section": "Nope"})
-    assert refused.rejection == "all 1 edits were refused; first: section 'Nope' not found in SKILL.md"
+    assert refused.rejection == (
+        "all 1 edits were refused; first: section 'Nope' not found in SKILL.md"
+    )
     assert refused.to_dict()["rejected"] is True
     assert refused.to_dict()["refused"][0]["edit"]["section"] == "Nope"
 
@@ -404,3 +409,15 @@ def test_edit_fields_must_be_strings():
     assert Edit("delete_file", None).file == ""
     with pytest.raises(PatchError, match="'content' must be a string"):
         Edit("create_file", "references/x.md", content=3)
+
+
+def test_partial_anchor_names_the_one_line_containing_it():
+    skill = demo().with_file("SKILL.md", SKILL_MD.replace(
+        "- Write the answer.", "- Write the answer into the answer cells, one value per cell."))
+    result = apply(skill, {"op": "insert_after", "anchor": "Write the answer into",
+                           "content": "- z"})
+    assert lines(result)[12] == "- z"
+    note = "anchor matched part of line 12 of SKILL.md; the edit uses the whole line"
+    assert result.notes == [f"edit 1 (insert_after): {note}"]
+    short = apply(skill, {"op": "insert_after", "anchor": "the answer", "content": "- z"})
+    assert short.refused[0].reason == "anchor not found in SKILL.md"
