@@ -315,7 +315,8 @@ class SkillsRepo:
     @classmethod
     def _from_git(cls, found: git.Repo, target: Path) -> SkillsRepo:
         repo = cls(found)
-        if repo.repo.config_reader("repository").get_value(*MARKER_KEY, default=None) is None:
+        config = repo.repo.config_reader("repository")
+        if not (config.has_section(MARKER_KEY[0]) and config.has_option(*MARKER_KEY)):
             if not repo._main_has_t2s_attributes():
                 raise RepoError(
                     f"{target} is a git repository of something else, not a t2s skills "
@@ -773,11 +774,15 @@ class SkillsRepo:
 
     # -- merging -----------------------------------------------------------------------------
 
-    def merge_tree(self, a: str, b: str, base: str | None = None) -> MergeTreeResult:
+    def merge_tree(
+        self, a: str, b: str, base: str | None = None, env: dict[str, str] | None = None
+    ) -> MergeTreeResult:
         """Three-way merge of commits `a` and `b` with ort; the repo's merge drivers run.
 
         With `base`, merge as if `base` were the merge base: git 2.39 has no --merge-base, so
-        the two trees are first committed on `base` (unreferenced objects).
+        the two trees are first committed on `base` (unreferenced objects). `env` adds
+        environment variables for git and the merge drivers it runs (consolidation passes the
+        support map to t2s.mergedriver this way).
         """
         left, right = self.resolve(a), self.resolve(b)
         if base is not None:
@@ -787,6 +792,7 @@ class SkillsRepo:
         status, stdout, stderr = self.repo.git.merge_tree(
             "--write-tree", "--messages", "--name-only", "-z", left, right,
             with_extended_output=True, with_exceptions=False, strip_newline_in_stdout=False,
+            env=env,
         )
         if status not in (0, 1):
             reason = (stderr.strip().splitlines() or ["git merge-tree failed"])[-1]
