@@ -288,7 +288,7 @@ class SkillsRepo:
                                                modes=modes)
             message = (
                 f"Initial skill: {skill.name or 'unnamed'}\n\n"
-                f"{origin}\n\n{format_trailers([('T2S-Init', origin)])}\n"
+                f"{format_trailers([('T2S-Init', origin)])}\n"
             )
             sha = built.commit_tree(tree, [], message)
             built.update_refs({MAIN: sha}, expected_old={MAIN: ZERO_SHA})
@@ -374,9 +374,10 @@ class SkillsRepo:
                         raise
                 if time.monotonic() >= deadline:
                     handle.seek(0)
-                    holder = handle.read().strip() or "another process"
+                    pid = handle.read().strip()
+                    holder = f"pid {pid}" if pid else "another process"
                     raise RepoError(
-                        f"repository {self.path} is busy (locked by pid {holder}): wait for it "
+                        f"repository {self.path} is busy (locked by {holder}): wait for it "
                         "to finish, or stop that process"
                     )
                 time.sleep(0.05)
