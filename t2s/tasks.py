@@ -225,3 +225,33 @@ def _find_cases(folder: Path, task_id: str) -> tuple[TestCase, ...]:
             "1_<id>_golden.xlsx, or initial.xlsx + golden.xlsx)"
         )
     return tuple(cases)
+
+
+@dataclass
+class SheetPreview:
+    title: str
+    max_row: int
+    max_column: int
+    rows: list[list[object]]  # the first rows, cut to the first columns
+
+
+def preview_workbook(path: Path, rows: int = 6, columns: int = 8) -> list[SheetPreview]:
+    """The first rows of every sheet of a workbook, to show a person what a task starts from."""
+    import openpyxl  # only the previews need it; listing a suite stays light
+
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise TaskError(f"workbook {path} cannot be read: {error}") from None
+    try:
+        previews = []
+        for sheet in workbook.worksheets:
+            width = min(columns, sheet.max_column or columns)
+            shown = [
+                list(values)
+                for values in sheet.iter_rows(max_row=rows, max_col=width, values_only=True)
+            ]
+            previews.append(SheetPreview(sheet.title, sheet.max_row or 0, sheet.max_column or 0, shown))
+        return previews
+    finally:
+        workbook.close()
