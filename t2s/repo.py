@@ -401,13 +401,21 @@ class SkillsRepo:
 
     def resolve(self, ref: str) -> str:
         """The commit sha `ref` names (a branch, tag, sha or any git revision)."""
-        if not ref or ref.startswith("-"):
+        if not ref or ref.startswith("-") or "\n" in ref:
             raise RepoError(f"{ref!r} is not a revision: give a branch name or a commit sha")
+        sha = self._lookup(f"{ref}^{{commit}}")
+        if sha is None:
+            raise RepoError(f"unknown ref {ref!r} in {self.path}: see `t2s log` or `git branch`")
+        return sha
+
+    def _lookup(self, revision: str) -> str | None:
+        """The object sha `revision` names, or None; asks git's long-lived `cat-file
+        --batch-check`, so the hundreds of lookups a batch makes cost no process each."""
         try:
-            return self.repo.git.rev_parse("--verify", "--quiet", "--end-of-options",
-                                           f"{ref}^{{commit}}")
-        except git.GitCommandError:
-            raise RepoError(f"unknown ref {ref!r} in {self.path}: see `t2s log` or `git branch`") from None
+            sha = self.repo.git.get_object_header(revision)[0]
+        except ValueError:
+            return None
+        return sha.decode() if isinstance(sha, bytes) else sha
 
     def resolve_patch(self, name: str) -> str:
         """A patch by branch name, `RUN/N` shorthand for `t2s/RUN/patch/N`, or any revision."""
@@ -641,10 +649,7 @@ class SkillsRepo:
             )
 
     def _ref_sha(self, full_ref: str) -> str | None:
-        try:
-            return self.repo.git.rev_parse("--verify", "--quiet", full_ref)
-        except git.GitCommandError:
-            return None
+        return self._lookup(full_ref) if full_ref.startswith("refs/") else None
 
     def _git_stdin(self, args: list[str], text: str, what: str) -> str:
         process = subprocess.run(
@@ -737,7 +742,6 @@ class SkillsRepo:
 
     def create_patch_branches(self, items: list[PatchBranch]) -> list[str]:
         """Write every patch commit, then create all branches and notes in one ref transaction."""
-        existing = self.branches("t2s/")
         shas: list[str] = []
         new_refs: dict[str, str] = {}
         notes: dict[str, str] = {}
@@ -750,8 +754,9 @@ class SkillsRepo:
             branch = item.branch
             if branch in new_refs:
                 raise RepoError(f"patch branch {branch} appears twice in one batch")
-            if branch in existing:
-                shas.append(self._existing_patch(branch, existing[branch], base, tree))
+            existing = self._ref_sha(f"refs/heads/{branch}")
+            if existing is not None:
+                shas.append(self._existing_patch(branch, existing, base, tree))
                 continue
             sha = self.commit_tree(tree, [base], item.commit.message())
             new_refs[branch] = sha
