@@ -44,6 +44,13 @@ FILE_OPS = ("create_file", "delete_file")
 
 MAX_LESSONS = 3
 MAX_EDITS = 6
+# llama-cpp-python 0.3.x writes maxLength n as n nested optional groups; llama.cpp refuses such
+# a grammar beyond about 1,000 ("exceeds sane defaults") and the process then segfaults. Stay
+# well below that.
+GRAMMAR_MAX_LENGTH = 900
+# "[.]", not "\.": llama-cpp-python's converter emits "\." into a grammar literal, which
+# llama.cpp cannot parse (and then crashes).
+FILE_PATTERN = r"^(SKILL[.]md|references/[a-z0-9][a-z0-9-]{0,40}[.]md)$"
 # Flat and bounded, so that a llama.cpp grammar built from it stays small and a small model
 # cannot run away; every key is required so the grammar never has to choose whether to emit one.
 PATCH_SCHEMA: dict[str, Any] = {
@@ -66,11 +73,12 @@ PATCH_SCHEMA: dict[str, Any] = {
                 "required": list(FIELDS),
                 "properties": {
                     "op": {"type": "string", "enum": list(OPS)},
-                    "file": {"type": "string", "maxLength": 80},
+                    # The grammar keeps a model to paths an edit may name at all.
+                    "file": {"type": "string", "pattern": FILE_PATTERN},
                     "section": {"type": "string", "maxLength": 120},
                     "anchor": {"type": "string", "maxLength": 400},
                     "target": {"type": "string", "maxLength": 600},
-                    "content": {"type": "string", "maxLength": 1200},
+                    "content": {"type": "string", "maxLength": GRAMMAR_MAX_LENGTH},
                 },
             },
         },
@@ -90,9 +98,15 @@ def patch_schema() -> dict[str, Any]:
 
 
 def _input_schema(strict: bool) -> dict[str, Any]:
-    """PATCH_SCHEMA for reading: unused edit fields may be left out; limits only when strict."""
+    """PATCH_SCHEMA for reading: unused edit fields may be left out; limits only when strict.
+
+    A path outside FILE_PATTERN is not malformed structure: `apply_patch` refuses that edit
+    alone, with its reason.
+    """
     schema = patch_schema()
-    schema["properties"]["edits"]["items"]["required"] = ["op"]
+    edit = schema["properties"]["edits"]["items"]
+    edit["required"] = ["op"]
+    edit["properties"]["file"] = {"type": "string"}
     if not strict:
         _drop_limits(schema)
     return schema

@@ -6,6 +6,7 @@ import pytest
 
 from t2s.errors import PatchError
 from t2s.patch import (
+    GRAMMAR_MAX_LENGTH,
     MAX_EDITS,
     OPS,
     PATCH_SCHEMA,
@@ -64,7 +65,9 @@ def test_schema_is_flat_bounded_and_published():
     assert set(edit["required"]) == {"op", "file", "section", "anchor", "target", "content"}
     assert edit["properties"]["op"]["enum"] == list(OPS) and len(OPS) == 8
     assert PATCH_SCHEMA["properties"]["lessons"]["maxItems"] == 3
-    assert all("maxLength" in spec for spec in edit["properties"].values() if "enum" not in spec)
+    assert all({"maxLength", "pattern", "enum"} & set(spec) for spec in edit["properties"].values())
+    lengths = [spec["maxLength"] for spec in edit["properties"].values() if "maxLength" in spec]
+    assert max(lengths) <= GRAMMAR_MAX_LENGTH  # longer strings crash llama.cpp's grammar
     full = {"reasoning": "r", "lessons": ["l"], "edits": [
         {"op": "delete_section", "file": "SKILL.md", "section": "Checks", "anchor": "",
          "target": "", "content": ""}]}
@@ -421,3 +424,47 @@ def test_partial_anchor_names_the_one_line_containing_it():
     assert result.notes == [f"edit 1 (insert_after): {note}"]
     short = apply(skill, {"op": "insert_after", "anchor": "the answer", "content": "- z"})
     assert short.refused[0].reason == "anchor not found in SKILL.md"
+
+
+@pytest.mark.model
+def test_embedded_model_writes_a_patch_under_the_published_schema(embedded_model_path):
+    """The schema compiles to a llama.cpp grammar, and whatever the model writes under it is
+    either a Patch or a one-line PatchError; applying it never raises and stays valid."""
+    from pathlib import Path
+
+    from t2s.models import resolve_model
+    from t2s.models.base import ChatOptions
+
+    starter = Skill.from_dir(Path(__file__).resolve().parent.parent / "t2s" / "starter_skill")
+    schema = patch_schema()
+    # Left free, this tiny model writes no edit, or six identical ones: ask for exactly one.
+    schema["properties"]["edits"].update(minItems=1, maxItems=1)
+    model = resolve_model(str(embedded_model_path), n_ctx=2048).load(threads=1)
+    reply = model.chat(
+        [{"role": "system", "content": "You improve a skill file. Reply with a JSON patch."},
+         {"role": "user", "content": starter.files["SKILL.md"][:600]
+          + "\n\nLesson: check the answer cells. Add one line to the section 'Checking your "
+            "work'."}],
+        ChatOptions(schema=schema, max_tokens=200),
+    )
+    data = reply.json()
+    jsonschema.validate(data, PATCH_SCHEMA)
+    try:
+        patch = Patch.from_dict(data)
+    except PatchError as error:
+        assert "\n" not in str(error)
+        return
+    result = apply_patch(starter, patch)
+    assert validate_skill(result.skill, base=starter) == []
+    assert len(result.applied) + len(result.refused) == len(patch.edits)
+
+
+def test_file_pattern_in_the_grammar_but_bad_paths_refused_per_edit():
+    file_spec = PATCH_SCHEMA["properties"]["edits"]["items"]["properties"]["file"]
+    pattern = re.compile(file_spec["pattern"])
+    assert pattern.match("SKILL.md") and pattern.match("references/dates-2.md")
+    assert not any(pattern.match(p) for p in ("../x.md", "references/../x.md", "Sheet1!A1", "x.md"))
+    patch = Patch.from_dict({"reasoning": "r", "lessons": [], "edits": [
+        {"op": "delete_file", "file": "../x.md"}, {"op": "delete_section", "section": "Checks"}]})
+    result = apply_patch(demo(), patch)
+    assert len(result.applied) == 1 and "is not allowed" in result.refused[0].reason
