@@ -23,19 +23,23 @@ proposed it, read from the JSON map named by `T2S_SUPPORT_FILE` ({block key: cou
 block has support 1. When `T2S_CONFLICT_LOG` names a file, every tie the rules could not settle
 by support is appended to it as one JSON line, so the caller can show it to the operator.
 
-This module imports only the standard library and nothing else from t2s: git starts it once per
-file per merge, so start-up time matters.
+This module imports only light parts of the standard library and nothing else from t2s: git
+starts it once per file per merge, so start-up time matters (hashlib would load OpenSSL and
+dataclasses would load inspect, each costing more than a typical merge).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+
+try:
+    from _blake2 import blake2b  # CPython's built-in module, without OpenSSL
+except ImportError:  # pragma: no cover - other Pythons
+    from hashlib import blake2b
 
 SUPPORT_ENV = "T2S_SUPPORT_FILE"
 TIES_ENV = "T2S_MERGE_TIES"  # "ours" or "conflict"
@@ -53,7 +57,7 @@ def normalize(text: str) -> str:
 
 
 def block_key(text: str) -> str:
-    return hashlib.sha1(normalize(text).encode("utf-8")).hexdigest()[:20]
+    return blake2b(normalize(text).encode("utf-8"), digest_size=10).hexdigest()
 
 
 def deletion_key(deleted_text: str) -> str:
@@ -82,13 +86,18 @@ def split_blocks(lines: list[str]) -> list[list[str]]:
     return blocks
 
 
-def hunk_keys(base_lines: list[str], new_lines: list[str]) -> list[str]:
-    """The support keys of one change: its inserted blocks, or the deletion when it adds nothing."""
+def hunk_blocks(base_lines: list[str], new_lines: list[str]) -> list[tuple[str, str]]:
+    """(support key, text) of each block one change brings; a pure deletion is one block."""
     if any(line.strip() for line in new_lines):
-        return [block_key("".join(block)) for block in split_blocks(new_lines)]
+        return [(block_key(text), text) for text in map("".join, split_blocks(new_lines))]
     if any(line.strip() for line in base_lines):
-        return [deletion_key("".join(base_lines))]
+        deleted = "".join(base_lines)
+        return [(deletion_key(deleted), deleted)]
     return []
+
+
+def hunk_keys(base_lines: list[str], new_lines: list[str]) -> list[str]:
+    return [key for key, _text in hunk_blocks(base_lines, new_lines)]
 
 
 def diff_hunks(base: list[str], side: list[str]) -> list[tuple[int, int, list[str]]]:
@@ -114,35 +123,42 @@ def diff_hunks(base: list[str], side: list[str]) -> list[tuple[int, int, list[st
     ]
 
 
-@dataclass
 class Conflict:
     """A region the rules could not settle by support."""
 
-    base: str
-    ours: str
-    theirs: str
-    ours_support: int
-    theirs_support: int
-    resolution: str  # "ours" (tie broken) or "open" (markers left in the text)
+    FIELDS = ("base", "ours", "theirs", "ours_support", "theirs_support", "resolution")
+
+    def __init__(self, base, ours, theirs, ours_support, theirs_support, resolution):
+        self.base, self.ours, self.theirs = base, ours, theirs
+        self.ours_support, self.theirs_support = ours_support, theirs_support
+        self.resolution = resolution  # "ours" (tie broken) or "open" (markers left in the text)
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Conflict) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Conflict({self.to_dict()!r})"
 
 
-@dataclass
 class MergeOutcome:
-    text: str
-    conflicts: list[Conflict] = field(default_factory=list)
+    def __init__(self, text: str, conflicts: list[Conflict]):
+        self.text = text
+        self.conflicts = conflicts
 
     @property
     def open(self) -> bool:
         return any(conflict.resolution == "open" for conflict in self.conflicts)
 
 
-@dataclass
 class _Region:
-    start: int
-    end: int
-    hunks: dict[str, list[tuple[int, int, list[str]]]] = field(
-        default_factory=lambda: {"ours": [], "theirs": []}
-    )
+    """Base lines [start, end) and the hunks of each side that touch them."""
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end = start, end
+        self.hunks: dict[str, list[tuple[int, int, list[str]]]] = {"ours": [], "theirs": []}
 
     def overlaps(self, start: int, end: int) -> bool:
         if start == end == self.start == self.end:
@@ -161,7 +177,8 @@ def _apply(base: list[str], start: int, end: int, hunks) -> list[str]:
     return out
 
 
-def _lines(text: str) -> list[str]:
+def split_lines(text: str) -> list[str]:
+    """Lines with their endings; a missing final newline is added so every line compares alike."""
     if text and not text.endswith("\n"):
         text += "\n"
     return text.splitlines(keepends=True)
@@ -233,9 +250,9 @@ class _Merger:
         return merged
 
     def merge(self, base_text: str, ours_text: str, theirs_text: str) -> str:
-        base = _lines(base_text)
-        hunks = [(s, e, new, "ours") for s, e, new in diff_hunks(base, _lines(ours_text))]
-        hunks += [(s, e, new, "theirs") for s, e, new in diff_hunks(base, _lines(theirs_text))]
+        base = split_lines(base_text)
+        hunks = [(s, e, new, "ours") for s, e, new in diff_hunks(base, split_lines(ours_text))]
+        hunks += [(s, e, new, "theirs") for s, e, new in diff_hunks(base, split_lines(theirs_text))]
         hunks.sort(key=lambda hunk: (hunk[0], hunk[1], hunk[3]))
         regions: list[_Region] = []
         for start, end, new_lines, side in hunks:
@@ -318,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     if log_path and outcome.conflicts:
         with open(log_path, "a", encoding="utf-8") as stream:
             for conflict in outcome.conflicts:
-                record = {"path": path, **conflict.__dict__}
+                record = {"path": path, **conflict.to_dict()}
                 stream.write(json.dumps(record, ensure_ascii=False) + "\n")
     return 1 if outcome.open else 0
 
