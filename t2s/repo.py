@@ -24,11 +24,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import git
 from gitdb.base import IStream
@@ -229,8 +230,10 @@ def _lock_timeout() -> float:
         raise RepoError(f"{LOCK_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
 
 
-# Locks this process already holds, by lock-file path: `lock()` is re-entrant within a process.
+# Locks this process holds, by lock-file path: [pid, depth, open file]. The pid tells a forked
+# child that an inherited entry is its parent's, not its own.
 _held_locks: dict[str, list] = {}
+_held_guard = threading.Lock()
 
 
 # -- the repository ------------------------------------------------------------------------
@@ -351,18 +354,38 @@ class SkillsRepo:
         """Serialise t2s processes on this repository (flock on a file in .git).
 
         Waits up to `timeout` seconds (default $T2S_LOCK_TIMEOUT or 60), then raises RepoError
-        naming the holder's pid. Re-entrant within one process.
+        naming the holder's pid. Re-entrant within one process (any thread, any SkillsRepo
+        instance): the operations that write take it themselves, callers take it around
+        read-decide-write sequences.
         """
         path = str(self.git_dir / LOCK_FILE)
-        if path in _held_locks:
-            _held_locks[path][1] += 1
-            try:
-                yield
-            finally:
-                _held_locks[path][1] -= 1
-            return
-        wait = _lock_timeout() if timeout is None else timeout
-        handle = open(path, "a+")
+        with _held_guard:
+            entry = _held_locks.get(path)
+            reentrant = entry is not None and entry[0] == os.getpid()
+            if reentrant:
+                entry[1] += 1
+        if not reentrant:
+            handle = self._acquire(path, _lock_timeout() if timeout is None else timeout)
+            entry = [os.getpid(), 1, handle]
+            with _held_guard:
+                _held_locks[path] = entry
+        try:
+            yield
+        finally:
+            with _held_guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del _held_locks[path]
+                    handle = entry[2]
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.flush()
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                    handle.close()
+
+    def _acquire(self, path: str, wait: float):
+        # Held open past this function: the flock lives as long as the file stays open.
+        handle = open(path, "a+")  # noqa: SIM115
         deadline = time.monotonic() + wait
         try:
             while True:
@@ -385,17 +408,10 @@ class SkillsRepo:
             handle.truncate()
             handle.write(str(os.getpid()))
             handle.flush()
-            _held_locks[path] = [handle, 1]
-            try:
-                yield
-            finally:
-                del _held_locks[path]
-                handle.seek(0)
-                handle.truncate()
-                handle.flush()
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        finally:
+            return handle
+        except BaseException:
             handle.close()
+            raise
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -616,26 +632,36 @@ class SkillsRepo:
 
     def delete_refs(self, prefix: str) -> list[str]:
         """Delete every branch whose name starts with `prefix` (never main or the checked-out one)."""
-        keep = {MAIN, self.current_branch()}
-        doomed = {name: sha for name, sha in self.branches(prefix).items() if name not in keep}
-        if doomed:
-            self.update_refs({name: None for name in doomed}, expected_old=doomed)
-        return sorted(doomed)
+        with self.lock():
+            keep = {MAIN, self.current_branch()}
+            doomed = {
+                name: sha for name, sha in self.branches(prefix).items() if name not in keep
+            }
+            if doomed:
+                self.update_refs({name: None for name in doomed}, expected_old=doomed)
+            return sorted(doomed)
 
     def move_branch(self, branch: str, sha: str) -> None:
         """Point `branch` at `sha`; when it is checked out, update the work tree too.
 
         Refuses (nothing changed) when the checked-out branch has uncommitted changes.
         """
-        full = _full_ref(branch)
-        old = self._ref_sha(full)
-        if old == sha:
-            return
-        if self.current_branch() == branch and old:
-            self.check_clean()
-            # Two-tree read-tree updates index and work tree only where old and new differ.
-            self.repo.git.read_tree("-m", "-u", old, sha)
-        self.update_refs({full: sha}, expected_old={full: old or ZERO_SHA})
+        with self.lock():
+            full = _full_ref(branch)
+            old = self._ref_sha(full)
+            if old == sha:
+                return
+            checked_out = self.current_branch() == branch and old is not None
+            if checked_out:
+                self.check_clean()
+                # Two-tree read-tree updates index and work tree only where old and new differ.
+                self.repo.git.read_tree("-m", "-u", old, sha)
+            try:
+                self.update_refs({full: sha}, expected_old={full: old or ZERO_SHA})
+            except BaseException:
+                if checked_out:
+                    self.repo.git.read_tree("-m", "-u", sha, old)
+                raise
 
     def check_clean(self) -> None:
         """RepoError when the work tree has uncommitted changes or HEAD is detached."""
@@ -653,7 +679,7 @@ class SkillsRepo:
 
     def _git_stdin(self, args: list[str], text: str, what: str) -> str:
         process = subprocess.run(
-            ["git", *args], cwd=self.path, input=text, capture_output=True, text=True
+            ["git", *args], cwd=self.path, input=text, capture_output=True, text=True, check=False
         )
         if process.returncode != 0:
             reason = (process.stderr.strip().splitlines() or ["git failed"])[-1]
@@ -664,7 +690,8 @@ class SkillsRepo:
 
     def add_note(self, sha: str, text: str) -> None:
         """Attach `text` to commit `sha` under refs/notes/t2s (replacing an earlier note)."""
-        self.update_refs(*self._notes_update({sha: text}))
+        with self.lock():
+            self.update_refs(*self._notes_update({sha: text}))
 
     def read_note(self, sha: str) -> str | None:
         try:
@@ -742,33 +769,34 @@ class SkillsRepo:
 
     def create_patch_branches(self, items: list[PatchBranch]) -> list[str]:
         """Write every patch commit, then create all branches and notes in one ref transaction."""
-        shas: list[str] = []
-        new_refs: dict[str, str] = {}
-        notes: dict[str, str] = {}
-        bases: dict[str, str] = {}
-        for item in items:
-            if item.base_sha not in bases:
-                bases[item.base_sha] = self.resolve(item.base_sha)
-            base = bases[item.base_sha]
-            tree = self.write_tree_from_skill(item.skill, base_tree=base)
-            branch = item.branch
-            if branch in new_refs:
-                raise RepoError(f"patch branch {branch} appears twice in one batch")
-            existing = self._ref_sha(f"refs/heads/{branch}")
-            if existing is not None:
-                shas.append(self._existing_patch(branch, existing, base, tree))
-                continue
-            sha = self.commit_tree(tree, [base], item.commit.message())
-            new_refs[branch] = sha
-            if item.commit.note.strip():
-                notes[sha] = item.commit.note
-            shas.append(sha)
-        if new_refs:
-            updates, expected = self._notes_update(notes) if notes else ({}, {})
-            updates.update(new_refs)
-            expected.update({branch: ZERO_SHA for branch in new_refs})
-            self.update_refs(updates, expected_old=expected)
-        return shas
+        with self.lock():
+            shas: list[str] = []
+            new_refs: dict[str, str] = {}
+            notes: dict[str, str] = {}
+            bases: dict[str, str] = {}
+            for item in items:
+                if item.base_sha not in bases:
+                    bases[item.base_sha] = self.resolve(item.base_sha)
+                base = bases[item.base_sha]
+                tree = self.write_tree_from_skill(item.skill, base_tree=base)
+                branch = item.branch
+                if branch in new_refs:
+                    raise RepoError(f"patch branch {branch} appears twice in one batch")
+                existing = self._ref_sha(f"refs/heads/{branch}")
+                if existing is not None:
+                    shas.append(self._existing_patch(branch, existing, base, tree))
+                    continue
+                sha = self.commit_tree(tree, [base], item.commit.message())
+                new_refs[branch] = sha
+                if item.commit.note.strip():
+                    notes[sha] = item.commit.note
+                shas.append(sha)
+            if new_refs:
+                updates, expected = self._notes_update(notes) if notes else ({}, {})
+                updates.update(new_refs)
+                expected.update({branch: ZERO_SHA for branch in new_refs})
+                self.update_refs(updates, expected_old=expected)
+            return shas
 
     def _existing_patch(self, branch: str, sha: str, base: str, tree: str) -> str:
         if self._commit_fields(sha) == (tree, [base]):
@@ -873,30 +901,31 @@ class SkillsRepo:
 
     def push(self, remote: str = "origin") -> SyncResult:
         """Push main, every `t2s/*/result` branch and refs/notes/t2s to `remote`."""
-        refspecs = [f"refs/heads/{MAIN}:refs/heads/{MAIN}",
-                    "refs/heads/t2s/*/result:refs/heads/t2s/*/result"]
-        if self._ref_sha(NOTES_REF):
-            refspecs.append(f"{NOTES_REF}:{NOTES_REF}")
-        status, stdout, stderr = self.repo.git.push(
-            "--porcelain", remote, *refspecs,
-            with_extended_output=True, with_exceptions=False,
-        )
-        updates = []
-        for line in stdout.splitlines():
-            parts = line.split("\t")
-            if len(parts) >= 3 and parts[0] in {" ", "+", "-", "*", "!", "="}:
-                destination = parts[1].split(":")[-1].removeprefix("refs/heads/")
-                updates.append(f"{destination}: {parts[2]}")
-        if status != 0:
-            rejected = [u for u in updates if "rejected" in u or "non-fast-forward" in u]
-            if rejected:
-                raise RepoError(
-                    f"push to {remote} rejected ({'; '.join(rejected)}): run `t2s pull {remote}` "
-                    "first"
-                )
-            reason = (stderr.strip().splitlines() or ["git push failed"])[-1]
-            raise RepoError(f"cannot push to {remote}: {reason.removeprefix('fatal: ')}")
-        return SyncResult(remote, updates)
+        with self.lock():
+            refspecs = [f"refs/heads/{MAIN}:refs/heads/{MAIN}",
+                        "refs/heads/t2s/*/result:refs/heads/t2s/*/result"]
+            if self._ref_sha(NOTES_REF):
+                refspecs.append(f"{NOTES_REF}:{NOTES_REF}")
+            status, stdout, stderr = self.repo.git.push(
+                "--porcelain", remote, *refspecs,
+                with_extended_output=True, with_exceptions=False,
+            )
+            updates = []
+            for line in stdout.splitlines():
+                parts = line.split("\t")
+                if len(parts) >= 3 and parts[0] in {" ", "+", "-", "*", "!", "="}:
+                    destination = parts[1].split(":")[-1].removeprefix("refs/heads/")
+                    updates.append(f"{destination}: {parts[2]}")
+            if status != 0:
+                rejected = [u for u in updates if "rejected" in u or "non-fast-forward" in u]
+                if rejected:
+                    raise RepoError(
+                        f"push to {remote} rejected ({'; '.join(rejected)}): run `t2s pull {remote}` "
+                        "first"
+                    )
+                reason = (stderr.strip().splitlines() or ["git push failed"])[-1]
+                raise RepoError(f"cannot push to {remote}: {reason.removeprefix('fatal: ')}")
+            return SyncResult(remote, updates)
 
     def pull(self, remote: str = "origin") -> SyncResult:
         """Fetch main, result branches and notes from `remote`, then bring main up to date.
@@ -904,21 +933,22 @@ class SkillsRepo:
         Diverged mains are merged with the repository's merge rules; a merge with conflicts is
         refused (nothing changed on main) with the command to resolve it by hand.
         """
-        remote_name = self._remote_label(remote)
-        tracking = f"refs/remotes/{remote_name}"
-        remote_notes = f"refs/notes/remotes/{remote_name}/t2s"
-        self._fetch(remote, [
-            f"+refs/heads/{MAIN}:{tracking}/{MAIN}",
-            f"+refs/heads/t2s/*/result:{tracking}/t2s/*/result",
-            f"+{NOTES_REF}:{remote_notes}",
-        ])
-        updates = self._adopt_results(tracking)
-        updates += self._merge_notes(remote_notes)
-        theirs = self._ref_sha(f"{tracking}/{MAIN}")
-        if theirs is None:
-            raise RepoError(f"{remote} has no {MAIN} branch: it is not a t2s skills repository")
-        updates.append(self._bring_main_up_to_date(theirs, f"{remote_name}/{MAIN}"))
-        return SyncResult(remote, updates)
+        with self.lock():
+            remote_name = self._remote_label(remote)
+            tracking = f"refs/remotes/{remote_name}"
+            remote_notes = f"refs/notes/remotes/{remote_name}/t2s"
+            self._fetch(remote, [
+                f"+refs/heads/{MAIN}:{tracking}/{MAIN}",
+                f"+refs/heads/t2s/*/result:{tracking}/t2s/*/result",
+                f"+{NOTES_REF}:{remote_notes}",
+            ])
+            updates = self._adopt_results(tracking)
+            updates += self._merge_notes(remote_notes)
+            theirs = self._ref_sha(f"{tracking}/{MAIN}")
+            if theirs is None:
+                raise RepoError(f"{remote} has no {MAIN} branch: it is not a t2s skills repository")
+            updates.append(self._bring_main_up_to_date(theirs, f"{remote_name}/{MAIN}"))
+            return SyncResult(remote, updates)
 
     def _remote_label(self, remote: str) -> str:
         if remote in [r.name for r in self.repo.remotes]:

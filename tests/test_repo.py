@@ -11,10 +11,10 @@ import pytest
 from t2s.errors import RepoError, SkillError
 from t2s.repo import (
     NOTES_REF,
+    ZERO_SHA,
     PatchBranch,
     PatchCommit,
     SkillsRepo,
-    ZERO_SHA,
 )
 from t2s.skill import Skill
 
@@ -63,9 +63,9 @@ def add_line(skill: Skill, line: str, after: str = "- Verify the answer cells.\n
 
 
 def patch_commit(n=1, **fields):
-    values = dict(lesson=f"Lesson number {n}", reasoning=f"Reasoning for patch {n}.",
-                  run="run1", task=f"task-{n}", trajectory=f"traj-{n}", outcome="failure",
-                  analyst="error", model="smollm2", note=f"Task task-{n} failed; fixed by X.")
+    values = {"lesson": f"Lesson number {n}", "reasoning": f"Reasoning for patch {n}.",
+                  "run": "run1", "task": f"task-{n}", "trajectory": f"traj-{n}", "outcome": "failure",
+                  "analyst": "error", "model": "smollm2", "note": f"Task task-{n} failed; fixed by X."}
     values.update(fields)
     return PatchCommit(**values)
 
@@ -399,20 +399,18 @@ def test_lock_serialises_two_processes(repo, tmp_path):
 def test_a_busy_lock_names_its_holder_then_frees(repo, tmp_path):
     holder = _holder(repo, tmp_path / "lock.log", "a", 1.0)
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(RepoError, match=rf"is busy \(locked by pid {holder.pid}\)"):
-        with repo.lock(timeout=0.1):
-            pass
+    busy = rf"is busy \(locked by pid {holder.pid}\)"
+    with pytest.raises(RepoError, match=busy), repo.lock(timeout=0.1):
+        pass
     assert holder.wait(20) == 0
-    with repo.lock(timeout=1):
-        with repo.lock(timeout=0):  # re-entrant within one process
-            pass
+    with repo.lock(timeout=1), repo.lock(timeout=0):  # re-entrant within one process
+        pass
 
 
 def test_lock_timeout_from_the_environment(repo, monkeypatch):
     monkeypatch.setenv("T2S_LOCK_TIMEOUT", "soon")
-    with pytest.raises(RepoError, match="T2S_LOCK_TIMEOUT='soon' is not a number"):
-        with repo.lock():
-            pass
+    with pytest.raises(RepoError, match="T2S_LOCK_TIMEOUT='soon' is not a number"), repo.lock():
+        pass
 
 
 # -- merges and blame ------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_blame_leads_each_line_to_its_trajectory(repo_with_history):
 
 
 def test_show_a_patch_by_shorthand_with_trailers_note_and_diff(repo_with_history):
-    repo, base, shas, merge = repo_with_history
+    repo, _base, shas, _merge = repo_with_history
     result = run("show", "r1/1", "--repo", repo.path)
     assert result.exit_code == 0
     assert f"commit {shas[0]}  (t2s/r1/patch/1)" in result.output
@@ -150,7 +150,7 @@ def test_show_a_patch_by_shorthand_with_trailers_note_and_diff(repo_with_history
 
 
 def test_diff_between_two_refs(repo_with_history):
-    repo, base, shas, merge = repo_with_history
+    repo, _base, _shas, _merge = repo_with_history
     result = run("diff", "main", "t2s/r1/result", "--repo", repo.path)
     assert result.exit_code == 0
     assert "+- Save as .xlsx." in result.output and "+- Check headers." in result.output
@@ -183,7 +183,8 @@ def test_a_busy_repository_is_reported(repo_with_history, monkeypatch, tmp_path)
         ["flock", str(repo.git_dir / "t2s-lock"), "sleep", "3"])
     try:
         for _ in range(100):
-            if subprocess.run(["flock", "-n", str(repo.git_dir / "t2s-lock"), "true"]).returncode:
+            if subprocess.run(["flock", "-n", str(repo.git_dir / "t2s-lock"), "true"],
+                              check=False).returncode:
                 break
             time.sleep(0.02)
         monkeypatch.setenv("T2S_LOCK_TIMEOUT", "0.2")

@@ -23,7 +23,8 @@ description: A skill shared between two people.
 
 
 def git(path, *args, check=True):
-    process = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True)
+    process = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
+                             check=False)
     if check and process.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed: {process.stderr}")
     return process.stdout
@@ -161,7 +162,7 @@ def test_pull_refuses_local_changes_and_changes_nothing(shared, tmp_path):
 
 
 def test_plain_git_clone_and_push_work(shared, tmp_path):
-    alice, bare, patch, result = shared
+    alice, bare, _patch, result = shared
     git(tmp_path, "clone", "-q", str(bare), "carol")
     carol = tmp_path / "carol"
     assert git(carol, "rev-parse", "HEAD").strip() == result
@@ -186,7 +187,7 @@ def test_plain_git_merge_runs_the_t2s_merge_driver(shared, tmp_path):
     evolve(bob, "run3", "- Recheck the answer.")  # same anchor as Alice: a textual overlap
     git(bob.path, "fetch", "-q", "origin")
     merged = subprocess.run(["git", "-C", str(bob.path), "merge", "--no-edit", "origin/main"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert merged.returncode == 0, merged.stdout + merged.stderr
     text = (bob.path / "SKILL.md").read_text()
     assert "- Check totals." in text and "- Recheck the answer." in text
@@ -194,7 +195,7 @@ def test_plain_git_merge_runs_the_t2s_merge_driver(shared, tmp_path):
 
 
 def test_cli_push_pull_clone(shared, tmp_path):
-    alice, bare, _patch, result = shared
+    alice, bare, _patch, _result = shared
     runner = CliRunner()
     cloned = runner.invoke(main, ["clone", str(bare), str(tmp_path / "dave")])
     assert cloned.exit_code == 0, cloned.output
