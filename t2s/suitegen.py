@@ -269,7 +269,7 @@ def _totals() -> list[TaskTemplate]:
             [f"{f} {l}"] + _money(rng, 1000, 9000, 4) for f, l in _people(rng, n)],
         "Quarterly", "Year Total", lambda row, rows: sum(row[1:5]),
         "In the sheet '{sheet}', each row is a sales rep with sales for Q1 to Q4 in columns B to "
-        "E. Fill column {col} ('{header}', rows 2 to {last}) with each rep's total for the year.",
+        "E. Fill {col}2:{col}{last} ('{header}') with each rep's total for the year.",
     ))  # fmt: skip
     tasks.append(_new_column(
         "totals", "line-amount",
@@ -858,8 +858,9 @@ def _filldown() -> list[TaskTemplate]:
 
     tasks.append(_sheet_task(
         "filldown", "blanks-to-zero", "Grades", zeros,
-        f"Some scores in the sheet 'Grades' (C2:E{n + 1}) are blank because the student missed "
-        "the test. Put 0 in every blank score cell and change nothing else.", (5, n + 1),
+        f"In the table A1:E{n + 1} of the sheet 'Grades', some scores (columns C to E) are blank "
+        "because the student missed the test. Put 0 in every blank score cell and change nothing "
+        "else.", (5, n + 1),
     ))  # fmt: skip
     return tasks
 
@@ -1087,10 +1088,16 @@ def templates() -> list[TaskTemplate]:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def generate_suite(out_dir: Path | str | None = None) -> Path:
-    """Write the whole suite to `out_dir` (default: the bundled suite), replacing it whole."""
+def generate_suite(
+    out_dir: Path | str | None = None, tasks: list[TaskTemplate] | None = None
+) -> Path:
+    """Write the suite (default: every template) to `out_dir` (default: the bundled suite).
+
+    The suite is built beside `out_dir` and swapped in at the end: the old one stays whole
+    until the new one is complete.
+    """
     out_dir = Path(out_dir) if out_dir is not None else BUNDLED_DIR
-    tasks = templates()
+    tasks = templates() if tasks is None else tasks
     ids = [task.id for task in tasks]
     if len(set(ids)) != len(ids):
         raise T2SError("suite generator bug: duplicate task ids")
