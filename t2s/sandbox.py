@@ -1,0 +1,295 @@
+"""Run code a model wrote in a separate, limited process, and always come back with a reason.
+
+Every run is a fresh interpreter (`sys.executable -I -B`) in its own session, started in the
+given working directory with a minimal environment and resource limits (address space, CPU
+time, size of any file written, number of processes). A wall-clock timeout kills the whole
+process group. Whatever the code does, the caller gets a `SandboxResult` and goes on.
+
+When t2s runs as root (containers, CI), root ignores RLIMIT_NPROC and can write anywhere, so
+the code additionally runs as a throw-away user id of its own: the process limit then holds,
+files outside the working directory are not writable, and at the end every process of that
+uid is killed, including ones that escaped the process group with `setsid`. The child keeps
+one capability, CAP_DAC_READ_SEARCH, so that it can still read the interpreter and its
+libraries wherever they are installed (often under a private /root). Without root, the limits
+apply to the user's own uid and cleanup is by process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CODE_FILE = "_t2s_step.py"
+OUTPUT_CHARS = 20_000  # of stdout and of stderr kept for the caller
+_SANDBOX_UID_BASE = 1_900_000_000  # far above any uid a system hands out to people
+
+# Runs first in the child: set the limits, drop privileges when asked, then run the code as
+# __main__. It is passed with -c so nothing of it lands in the working directory.
+_BOOTSTRAP = r"""
+import json, os, resource, sys
+_p = json.loads(sys.argv[1])
+for _name, _value in _p["rlimits"].items():
+    resource.setrlimit(getattr(resource, _name), (_value, _value if _name != "RLIMIT_CPU" else _value + 1))
+if _p["uid"] is not None:
+    import ctypes
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid binary can regain root
+    _libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep permitted capabilities across setuid
+    os.setgroups([])
+    os.setresgid(_p["uid"], _p["uid"], _p["uid"])
+    os.setresuid(_p["uid"], _p["uid"], _p["uid"])
+    class _Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class _Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+    _keep = 1 << 2  # CAP_DAC_READ_SEARCH only: read the interpreter, write nothing of others
+    _data = (_Data * 2)(_Data(_keep, _keep, 0), _Data(0, 0, 0))
+    if _libc.capset(ctypes.byref(_Header(0x20080522, 0)), _data) != 0:
+        raise SystemExit("sandbox: capset failed")
+    resource.setrlimit(resource.RLIMIT_NPROC, (_p["processes"], _p["processes"]))
+    del ctypes, _libc, _Header, _Data, _keep, _data
+sys.argv = [_p["script"]]
+with open(_p["script"], encoding="utf-8") as _f:
+    _code = compile(_f.read(), _p["script"], "exec")
+del _p, _name, _value, _f, json, os, resource
+exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
+"""
+
+
+@dataclass
+class SandboxLimits:
+    seconds: float = 20  # wall clock
+    memory_mb: int = 1024  # address space
+    cpu_seconds: float | None = None  # CPU time; defaults to `seconds`
+    file_mb: int = 50  # largest file the code may write (stdout and stderr included)
+    processes: int = 64
+
+    def to_dict(self) -> dict:
+        return {
+            "seconds": self.seconds,
+            "memory_mb": self.memory_mb,
+            "cpu_seconds": self.cpu_seconds,
+            "file_mb": self.file_mb,
+            "processes": self.processes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SandboxLimits:
+        return cls(**{key: data[key] for key in cls().to_dict() if key in data})
+
+
+@dataclass
+class SandboxResult:
+    ok: bool
+    returncode: int | None  # None when the run never started
+    stdout: str
+    stderr: str
+    reason: str  # "" when ok, else one line saying why it failed
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def run_python(
+    code: str,
+    workdir: Path | str,
+    limits: SandboxLimits | None = None,
+    files_in: dict[str, Path | str] | None = None,
+) -> SandboxResult:
+    """Run `code` with `workdir` as its working directory, HOME and TMPDIR.
+
+    `files_in` maps file names to paths copied into `workdir` first. The code file itself is
+    removed afterwards, so the directory holds only what the code left there.
+    """
+    limits = limits or SandboxLimits()
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, source in (files_in or {}).items():
+        shutil.copyfile(source, workdir / name)
+    script = workdir / CODE_FILE
+    script.write_text(code, encoding="utf-8")
+    uid = _sandbox_uid()
+    if uid is not None:
+        _give_to(workdir, uid)
+    try:
+        return _run(workdir, limits, uid)
+    finally:
+        script.unlink(missing_ok=True)
+
+
+def _run(workdir: Path, limits: SandboxLimits, uid: int | None) -> SandboxResult:
+    cpu = limits.cpu_seconds if limits.cpu_seconds is not None else limits.seconds
+    rlimits = {
+        "RLIMIT_AS": limits.memory_mb * 1024 * 1024,
+        "RLIMIT_CPU": max(1, int(cpu + 0.999)),
+        "RLIMIT_FSIZE": limits.file_mb * 1024 * 1024,
+        "RLIMIT_CORE": 0,
+    }
+    processes = limits.processes
+    if uid is None and os.geteuid() != 0:
+        # RLIMIT_NPROC counts every process of the user, not just ours.
+        processes += _processes_of(os.getuid())
+        rlimits["RLIMIT_NPROC"] = processes
+    params = {"rlimits": rlimits, "uid": uid, "processes": processes, "script": CODE_FILE}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "LANG": "C.UTF-8",
+        "PYTHONIOENCODING": "utf-8",
+    }
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="t2s-sandbox-io-") as io_dir:
+        out_path, err_path = Path(io_dir) / "stdout", Path(io_dir) / "stderr"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(params)],
+                    cwd=workdir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as error:
+                return SandboxResult(False, None, "", "", f"could not start: {error}", 0.0)
+            timed_out = False
+            try:
+                process.wait(timeout=limits.seconds)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                _kill_group(process.pid)
+                if uid is not None:
+                    _kill_uid(uid)
+                process.wait()
+        seconds = time.monotonic() - started
+        stdout = _read_capped(out_path)
+        stderr = _read_capped(err_path)
+    reason = _reason(process.returncode, stderr, timed_out, limits, cpu)
+    return SandboxResult(not reason, process.returncode, stdout, stderr, reason, seconds)
+
+
+def _reason(returncode: int, stderr: str, timed_out: bool, limits: SandboxLimits, cpu) -> str:
+    if timed_out:
+        return f"timed out after {limits.seconds:g}s"
+    last_line = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+    if returncode == -signal.SIGXCPU or (returncode == -signal.SIGKILL and "CPU" in last_line):
+        return f"timed out after {cpu:g}s of CPU time"
+    if returncode == 0:
+        return ""
+    if "MemoryError" in last_line or returncode == -signal.SIGSEGV and "MemoryError" in stderr:
+        return f"memory limit exceeded ({limits.memory_mb} MB)"
+    if returncode == -signal.SIGXFSZ or "File too large" in last_line:
+        return f"output file too large (limit {limits.file_mb} MB)"
+    if "BlockingIOError" in last_line or "Resource temporarily unavailable" in last_line:
+        return f"process limit reached ({limits.processes} processes)"
+    if returncode < 0:
+        number = -returncode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "unknown"
+        return f"killed by signal {number} ({name})"
+    if "Traceback (most recent call last)" in stderr or "Error" in last_line:
+        return last_line[:300]
+    return f"exit code {returncode}" + (f": {last_line[:200]}" if last_line else "")
+
+
+def _read_capped(path: Path, limit: int = OUTPUT_CHARS) -> str:
+    """The head and the tail of a file: the start of the output and the end of a traceback."""
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        if size <= limit:
+            data = stream.read()
+            return data.decode("utf-8", errors="replace")
+        head = stream.read(limit // 2).decode("utf-8", errors="replace")
+        stream.seek(size - limit // 2)
+        tail = stream.read().decode("utf-8", errors="replace")
+    return f"{head}\n[... {size - limit} bytes cut ...]\n{tail}"
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_uid(uid: int) -> None:
+    """Kill every process running as `uid` (kill(-1) as that uid reaches exactly those)."""
+    try:
+        subprocess.run(
+            ["kill", "-KILL", "-1"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            env={"PATH": "/usr/bin:/bin"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
+def _processes_of(uid: int) -> int:
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                count += entry.stat().st_uid == uid
+            except OSError:
+                pass
+    return count
+
+
+def _give_to(workdir: Path, uid: int) -> None:
+    """Hand the working directory and everything in it to the sandbox uid."""
+    os.chown(workdir, uid, uid)
+    for root, dirs, files in os.walk(workdir):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, uid, follow_symlinks=False)
+
+
+_uid_isolation: bool | None = None  # probed once per process
+
+
+def _sandbox_uid() -> int | None:
+    """A fresh uid for this run when running as root and the kernel lets us drop to it."""
+    global _uid_isolation
+    if os.geteuid() != 0 or os.environ.get("T2S_SANDBOX_NO_UID"):
+        return None
+    if _uid_isolation is None:
+        _uid_isolation = _probe_uid_isolation()
+    if not _uid_isolation:
+        return None
+    return _SANDBOX_UID_BASE + secrets.randbelow(1 << 24)
+
+
+def _probe_uid_isolation() -> bool:
+    probe = Path(tempfile.mkdtemp(prefix="t2s-sandbox-probe-"))
+    try:
+        uid = _SANDBOX_UID_BASE + secrets.randbelow(1 << 24)
+        (probe / CODE_FILE).write_text("import os, xml.dom.minidom\nprint(os.getuid())\n")
+        _give_to(probe, uid)
+        result = _run(probe, SandboxLimits(seconds=30), uid)
+        return result.ok and result.stdout.strip() == str(uid)
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
