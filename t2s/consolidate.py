@@ -54,7 +54,6 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -1166,21 +1165,36 @@ def _finish_node(context: _Context, job: _Job, final: bool) -> NodeRecord:
     return record
 
 
+_STOPWORDS = frozenset(
+    "a an and are as at be before by do for from if in into is it its of on or so than that the "
+    "then this to when with you your".split()
+)
+RESEMBLANCE = 0.4  # Dice coefficient of content words above which new wording restates a lesson
+
+
+def _content_words(text: str) -> frozenset[str]:
+    words = re.findall(r"[a-z0-9_]+", normalize(text))
+    return frozenset(word for word in words if word not in _STOPWORDS)
+
+
 def _lessons_present(base: Skill, skill: Skill, lessons: dict[str, Lesson]) -> dict[str, Lesson]:
-    """The lessons `skill` holds, with their support; new wording gets the support it resembles."""
+    """The lessons `skill` holds, with their support.
+
+    Wording no patch proposed (the operator's) gets the summed support of the proposed lessons
+    it resembles (shared content words), and their patches: a principle restating five patches'
+    lesson carries their evidence.
+    """
     present: dict[str, Lesson] = {}
-    known = [lesson for lesson in lessons.values() if lesson.patches]
+    known = [(lesson, _content_words(lesson.text)) for lesson in lessons.values() if lesson.patches]
     for key, lesson in lessons_of(base, skill).items():
         if key in lessons:
             present[key] = lessons[key]
             continue
-        wording = normalize(lesson.text)
+        words = _content_words(lesson.text)
         support, patches = 0, set()
-        matcher = SequenceMatcher(None, wording, autojunk=False)
-        for other in known:
-            matcher.set_seq1(normalize(other.text))
-            if matcher.real_quick_ratio() >= 0.5 and matcher.quick_ratio() >= 0.5 \
-                    and matcher.ratio() >= 0.5:
+        for other, other_words in known:
+            shared = len(words & other_words)
+            if shared and 2 * shared / (len(words) + len(other_words)) >= RESEMBLANCE:
                 support += other.support
                 patches |= set(other.patches)
         present[key] = Lesson(key, lesson.text, max(support, 1), sorted(patches))
