@@ -220,12 +220,12 @@ class Skill:
 
     def sections(self, file: str = SKILL_FILE) -> list[Section]:
         """Headings `#` to `###` of a markdown file, in order (none inside fenced code)."""
-        return list(_parse_sections(self.files.get(file, "")))
+        return list(_parse_sections(self.files.get(file, ""), file == SKILL_FILE))
 
     def find_section(self, title: str, file: str = SKILL_FILE) -> Section | None:
         """The first section whose title is exactly `title` (leading '#'s ignored)."""
         wanted = title.strip().lstrip("#").strip()
-        for section in _parse_sections(self.files.get(file, "")):
+        for section in _parse_sections(self.files.get(file, ""), file == SKILL_FILE):
             if section.title == wanted:
                 return section
         return None
@@ -427,11 +427,14 @@ def _parse_front_matter(text: str) -> _FrontMatter:
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _markdown_lines(text: str) -> Iterable[tuple[int, str, bool]]:
-    """(1-based line number, line, inside fenced code) for the markdown body of a file."""
+def _markdown_lines(text: str, front_matter: bool) -> Iterable[tuple[int, str, bool]]:
+    """(1-based line number, line, inside fenced code) for the markdown body of a file.
+
+    Only SKILL.md has front matter; elsewhere a leading '---' is a horizontal rule.
+    """
     lines = text.splitlines()
     start = 0
-    if lines and lines[0].strip() == "---":
+    if front_matter and lines and lines[0].strip() == "---":
         for index in range(1, len(lines)):
             if lines[index].strip() in ("---", "..."):
                 start = index + 1
@@ -453,9 +456,9 @@ def _markdown_lines(text: str) -> Iterable[tuple[int, str, bool]]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_sections(text: str) -> tuple[Section, ...]:
+def _parse_sections(text: str, front_matter: bool) -> tuple[Section, ...]:
     headings = []
-    for number, line, in_code in _markdown_lines(text):
+    for number, line, in_code in _markdown_lines(text, front_matter):
         if not in_code:
             match = _HEADING.match(line)
             if match:
@@ -476,7 +479,7 @@ def _parse_sections(text: str) -> tuple[Section, ...]:
 def _parse_links(path: str, text: str) -> tuple[tuple[int, str, str], ...]:
     found = []
     directory = posixpath.dirname(path)
-    for number, line, in_code in _markdown_lines(text):
+    for number, line, in_code in _markdown_lines(text, path == SKILL_FILE):
         if in_code:
             continue
         if "](" not in line and "]:" not in line:

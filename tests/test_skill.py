@@ -258,3 +258,9 @@ def test_with_file_checks_the_new_path_only():
     assert "references/new.md" not in skill.files  # the original is unchanged
     with pytest.raises(SkillError):
         skill.with_file("../escape.md", "x")
+
+
+def test_only_skill_md_has_front_matter():
+    rule = "---\n# Guide\n\nText.\n\n---\n\n## Part\n"
+    skill = make(**{"references__guide.md": rule})
+    assert [s.title for s in skill.sections("references/guide.md")] == ["Guide", "Part"]
