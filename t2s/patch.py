@@ -194,8 +194,7 @@ class Patch:
         error = jsonschema.exceptions.best_match(_VALIDATORS[strict].iter_errors(data))
         if error is not None:
             where = "/".join(str(part) for part in error.absolute_path) or "patch"
-            message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
-            raise PatchError(f"patch is malformed at {where}: {message}")
+            raise PatchError(f"patch is malformed at {where}: {_describe(error)}")
         edits = [Edit.from_dict(edit, index) for index, edit in enumerate(data["edits"])]
         return cls(data["reasoning"].strip(), [lesson.strip() for lesson in data["lessons"]], edits)
 
@@ -215,6 +214,17 @@ class Patch:
             "lessons": list(self.lessons),
             "edits": [edit.to_dict() for edit in self.edits],
         }
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """A schema error in a few words, without echoing a long value back."""
+    if error.validator == "enum":
+        return f"{str(error.instance)[:40]!r} is not one of {', '.join(error.validator_value)}"
+    if error.validator == "maxLength":
+        return f"{len(error.instance)} characters, more than {error.validator_value}"
+    if error.validator == "maxItems":
+        return f"{len(error.instance)} items, more than {error.validator_value}"
+    return error.message if len(error.message) <= 160 else error.message[:157] + "..."
 
 
 @dataclass(frozen=True, slots=True)
