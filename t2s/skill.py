@@ -146,7 +146,10 @@ class Skill:
             raise SkillError(f"{root} has no SKILL.md: a skill directory starts with SKILL.md")
         files = {}
         for relative in _walk(root):
-            check_skill_path(relative)
+            try:
+                check_skill_path(relative)
+            except SkillError as error:
+                raise SkillError(f"{root}: {error}") from None
             try:
                 files[relative] = (root / relative).read_text(encoding="utf-8")
             except UnicodeDecodeError:
