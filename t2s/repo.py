@@ -159,13 +159,19 @@ class CommitInfo:
 
 @dataclass
 class BlameLine:
-    """One line of a file, the commit that introduced it and that commit's trailers."""
+    """One line of a file, the commit that introduced it and that commit's trailers.
+
+    `sources` lists every patch commit under the ref that added this same line (whitespace
+    aside), the blamed commit first when it is one: git blame names one parent of a merge, but
+    a lesson several patches proposed was taught by each of their trajectories.
+    """
 
     number: int
     text: str
     sha: str
     subject: str
     trailers: dict[str, str]
+    sources: list[CommitInfo] = field(default_factory=list)
 
 
 @dataclass
@@ -867,7 +873,8 @@ class SkillsRepo:
         return [_parse_commit(record) for record in output.split("\0") if record.strip()]
 
     def blame(self, ref: str, path: str) -> list[BlameLine]:
-        """Each line of `path` at `ref` with the commit that introduced it (through merges)."""
+        """Each line of `path` at `ref` with the commit that introduced it (through merges)
+        and every patch commit that proposed the same line."""
         sha = self.resolve(ref)
         if path not in self.tree_entries(sha):
             raise RepoError(f"{ref} has no file {path}")
@@ -879,11 +886,42 @@ class SkillsRepo:
                 lines.append((len(lines) + 1, raw[1:], current))
             elif raw and _HEX40.match(raw[:40]) and raw[40:41] == " ":
                 current = raw[:40]
-        infos = {info.sha: info for info in self.log(sorted({c for *_, c in lines}), walk=False)}
-        return [
-            BlameLine(number, text, commit, infos[commit].subject, infos[commit].trailers)
-            for number, text, commit in lines
-        ]
+        added = self._lines_added_by_patches(sha, path)
+        wanted = {commit for *_, commit in lines}
+        wanted |= {source for shas in added.values() for source in shas}
+        infos = {info.sha: info for info in self.log(sorted(wanted), walk=False)}
+        result = []
+        for number, text, commit in lines:
+            proposers = added.get(" ".join(text.split()), [])
+            if commit in proposers:
+                sources = [commit] + [other for other in proposers if other != commit]
+            elif infos[commit].is_merge:  # text the merge driver or operator wrote
+                sources = proposers
+            else:  # the initial skill or a hand edit: no patch taught it
+                sources = []
+            result.append(BlameLine(number, text, commit, infos[commit].subject,
+                                    infos[commit].trailers, [infos[c] for c in sources]))
+        return result
+
+    def _lines_added_by_patches(self, sha: str, path: str) -> dict[str, list[str]]:
+        """{line text (whitespace-normalised): [patch commits adding it]} under `sha`."""
+        output = self.repo.git.log(
+            "--no-merges", "--full-history",
+            "--format=%x00%H %(trailers:key=T2S-Task,valueonly,separator=%x2C)",
+            "--patch", "--unified=0", "--no-color", "--no-ext-diff", sha, "--", path,
+        )
+        added: dict[str, list[str]] = {}
+        for record in output.split("\0")[1:]:
+            header, _, diff = record.partition("\n")
+            commit, _, task = header.partition(" ")
+            if not task.strip():
+                continue
+            for line in diff.splitlines():
+                if line.startswith("+") and not line.startswith("+++"):
+                    text = " ".join(line[1:].split())
+                    if text and commit not in added.setdefault(text, []):
+                        added[text].append(commit)
+        return added
 
     def diff(self, a: str, b: str, stat: bool = False) -> str:
         """The skill's diff between two revisions."""

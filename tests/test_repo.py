@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,41 @@ def test_an_interrupted_patch_write_leaves_no_branch_and_a_sound_repository(repo
     assert len(repo.branches("t2s/run1/")) == 3
 
 
+KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from t2s.repo import PatchBranch, PatchCommit, SkillsRepo
+    repo = SkillsRepo.open(sys.argv[1])
+    base, skill = repo.resolve("main"), repo.read_skill()
+    text = skill.files["SKILL.md"]
+    items = [PatchBranch("k", n, base, skill.with_file("SKILL.md", text + f"- x {n}\\n"),
+                         PatchCommit(f"lesson {n}", note=f"note {n}")) for n in range(500)]
+    # Should the kill come late, it still lands before any ref moves.
+    repo.update_refs = lambda *args, **kwargs: time.sleep(60)
+    repo.create_patch_branches(items)
+""")
+
+
+def test_a_killed_patch_writer_leaves_no_branch_and_fsck_passes(repo):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(repo.path)], env=env)
+    try:
+        for _ in range(600):
+            counts = dict(line.split(": ") for line in git(repo.path, "count-objects", "-v")
+                          .splitlines())
+            if int(counts["count"]) > 200 or writer.poll() is not None:
+                break
+            time.sleep(0.05)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -9  # killed, not finished or crashed
+    assert int(counts["count"]) > 200  # it died mid-way through writing objects
+    assert set(repo.branches()) == {"main"}
+    assert git(repo.path, "for-each-ref", NOTES_REF) == ""
+    assert git(repo.path, "fsck", "--strict", "--no-dangling").strip() == ""
+    assert "garbage: 0" in git(repo.path, "count-objects", "-v")
+
+
 def test_notes_coexist_with_notes_git_wrote(repo):
     main = repo.resolve("main")
     git(repo.path, "notes", "--ref", NOTES_REF, "add", "-m", "written by git", main)
@@ -490,20 +526,47 @@ def test_blame_follows_merges_down_to_patch_commits(repo):
     b = repo.create_patch_branch(
         "b", 2, base, add_line(skill, "- From task two.", after="- Open the workbook.\n"),
         patch_commit(2))
+    # A third trajectory taught the same lesson as the first.
+    c = repo.create_patch_branch("b", 3, base, add_line(skill, "- From  task one."),
+                                 patch_commit(3))
     merged = repo.merge_tree(a, b)
     assert merged.clean
-    merge = repo.commit_tree(merged.tree, [a, b],
-                             "Merge 2 patches\n\nT2S-Run: b\nT2S-Level: 1\nT2S-Support: 2\n")
-    repo.move_branch("main", merge)
+    node = repo.commit_tree(merged.tree, [a, b], "Merge 2 patches\n\nT2S-Level: 1\n")
+    # The top merge keeps node's tree (c's line is the same lesson as a's).
+    top = repo.commit_tree(repo.tree_of(node), [node, c], "Merge\n\nT2S-Level: 2\n")
+    repo.move_branch("main", top)
     lines = {line.text: line for line in repo.blame("main", "SKILL.md")}
-    assert lines["- From task one."].sha == a
-    assert lines["- From task one."].trailers["T2S-Task"] == "task-1"
-    assert lines["- From task two."].trailers["T2S-Trajectory"] == "traj-2"
+    one = lines["- From task one."]
+    assert one.sha == a and one.trailers["T2S-Task"] == "task-1"
+    assert [source.sha for source in one.sources] == [a, c]
+    assert [source.trailers["T2S-Trajectory"] for source in one.sources] == ["traj-1", "traj-3"]
+    two = lines["- From task two."]
+    assert two.trailers["T2S-Trajectory"] == "traj-2" and [s.sha for s in two.sources] == [b]
     assert lines["- Open the workbook."].sha == base
     assert "T2S-Init" in lines["- Open the workbook."].trailers
+    assert lines["- Open the workbook."].sources == []
     assert [line.number for line in repo.blame("main", "SKILL.md")][:3] == [1, 2, 3]
     with pytest.raises(RepoError, match="has no file"):
         repo.blame("main", "references/none.md")
+
+
+def test_blame_of_a_line_the_merge_wrote_names_the_patches_that_proposed_it(repo):
+    base = repo.resolve("main")
+    skill = repo.read_skill()
+    a = repo.create_patch_branch("w", 1, base, add_line(skill, "- Check totals."), patch_commit(1))
+    b = repo.create_patch_branch("w", 2, base, add_line(skill, "- Check headers."),
+                                 patch_commit(2))
+    # The merge (driver or operator) wrote both lessons in one line of its own.
+    written = add_line(skill, "- Check totals. - Check headers.")
+    merge = repo.commit_tree(repo.write_tree_from_skill(written, base_tree=base), [a, b],
+                             "Merge\n")
+    own = {line.text: line for line in repo.blame(merge, "SKILL.md")}[
+        "- Check totals. - Check headers."]
+    assert own.sha == merge and own.sources == []
+    same = add_line(skill, "- Check totals.")
+    merge2 = repo.commit_tree(repo.write_tree_from_skill(same, base_tree=base), [b, a], "M\n")
+    line = {line.text: line for line in repo.blame(merge2, "SKILL.md")}["- Check totals."]
+    assert line.sha == a and [s.sha for s in line.sources] == [a]
 
 
 def test_log_lists_merges_and_patches_with_trailers_and_notes(repo):

@@ -136,6 +136,23 @@ def test_blame_leads_each_line_to_its_trajectory(repo_with_history):
     assert len(lines) == len(repo.read_file(merge, "SKILL.md").splitlines())
 
 
+def test_blame_names_every_trajectory_that_taught_a_line(tmp_path, skill_dir):
+    repo = SkillsRepo.init(tmp_path / "repo", from_dir=skill_dir)
+    base = repo.resolve("main")
+    skill = repo.read_skill()
+    same = skill.with_file("SKILL.md", skill.files["SKILL.md"] + "- Recheck totals.\n")
+    shas = [repo.create_patch_branch("r2", n, base, same, PatchCommit(
+                lesson="Recheck totals", run="r2", task=f"task-{n}", trajectory=f"traj-{n}"))
+            for n in (1, 2)]
+    merge = repo.commit_tree(repo.tree_of(shas[0]), shas, "Merge 2 patches\n")
+    repo.update_refs({"t2s/r2/result": merge})
+    result = run("blame", "--ref", "t2s/r2/result", "--repo", repo.path)
+    assert result.exit_code == 0
+    last = result.output.splitlines()[-1]
+    assert last.endswith("| - Recheck totals.")
+    assert "tasks task-1, task-2 (2 patches)" in last
+
+
 def test_show_a_patch_by_shorthand_with_trailers_note_and_diff(repo_with_history):
     repo, _base, shas, _merge = repo_with_history
     result = run("show", "r1/1", "--repo", repo.path)

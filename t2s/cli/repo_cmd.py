@@ -5,12 +5,15 @@ from __future__ import annotations
 import click
 
 from t2s.cli import main
-from t2s.repo import DEFAULT_PATH, MAIN, SKILL_FILE, CommitInfo, SkillsRepo
+from t2s.repo import DEFAULT_PATH, MAIN, SKILL_FILE, BlameLine, CommitInfo, SkillsRepo
 
 # Trailers `t2s log` summarises on one line, in this order; the rest are listed as they are.
 _SUMMARY_TRAILERS = (
+    ("T2S-Init", "initial skill:"),
     ("T2S-Run", "run"),
     ("T2S-Level", "level"),
+    ("T2S-Node", "node"),
+    ("T2S-Patches", "patches"),
     ("T2S-Support", "support"),
     ("T2S-Task", "task"),
     ("T2S-Trajectory", "trajectory"),
@@ -111,23 +114,28 @@ def _body_without_trailers(info: CommitInfo) -> str:
 @click.option("--ref", default=MAIN, show_default=True, help="Revision to blame.")
 @repo_option
 def blame(file, ref, repo_path):
-    """Each line of FILE with the commit and the trajectory that introduced it."""
-    repo = SkillsRepo.open(repo_path)
-    lines = repo.blame(ref, file)
-    width = max((len(_origin(line.trailers, line.subject)) for line in lines), default=0)
-    for line in lines:
-        origin = _origin(line.trailers, line.subject)
+    """Each line of FILE with the commit and the trajectories that introduced it."""
+    lines = SkillsRepo.open(repo_path).blame(ref, file)
+    origins = [_origin(line) for line in lines]
+    width = min(max((len(origin) for origin in origins), default=0), 60)
+    for line, origin in zip(lines, origins):
         click.echo(f"{line.sha[:8]} {origin:<{width}} {line.number:>4}| {line.text}")
 
 
-def _origin(trailers: dict[str, str], subject: str) -> str:
+def _origin(line: BlameLine) -> str:
+    """Where a line came from: the task (and trajectory) of the patches that proposed it."""
+    if len(line.sources) > 1:
+        tasks = [source.trailers.get("T2S-Task", source.sha[:8]) for source in line.sources]
+        shown = ", ".join(tasks[:3]) + (", ..." if len(tasks) > 3 else "")
+        return f"tasks {shown} ({len(tasks)} patches)"
+    trailers = line.sources[0].trailers if line.sources else line.trailers
     if "T2S-Task" in trailers or "T2S-Trajectory" in trailers:
         task = trailers.get("T2S-Task", "?")
         trajectory = trailers.get("T2S-Trajectory")
         return f"task {task}" + (f" ({trajectory})" if trajectory else "")
-    if "T2S-Init" in trailers:
+    if "T2S-Init" in line.trailers:
         return "initial skill"
-    return subject[:40]
+    return line.subject[:40]
 
 
 @main.command("show")
