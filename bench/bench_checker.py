@@ -38,9 +38,11 @@ def timed_checks(tasks, pick):
 def describe_times(seconds) -> str:
     ordered = sorted(seconds)
     p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-    return (f"mean {1000 * statistics.mean(seconds):6.1f} ms  median "
-            f"{1000 * statistics.median(seconds):6.1f} ms  p95 {1000 * p95:6.1f} ms  "
-            f"max {1000 * max(seconds):7.1f} ms")  # fmt: skip
+    return (
+        f"mean {1000 * statistics.mean(seconds):6.1f} ms  median "
+        f"{1000 * statistics.median(seconds):6.1f} ms  p95 {1000 * p95:6.1f} ms  "
+        f"max {1000 * max(seconds):7.1f} ms"
+    )
 
 
 def bench_suite(label: str, path, expected: int | None) -> bool:
@@ -55,16 +57,20 @@ def bench_suite(label: str, path, expected: int | None) -> bool:
 
     gold, seconds = timed_checks(suite.tasks, lambda case: case.answer_path)
     failed = [task.id for task, result in zip(suite.tasks, gold) if not result.hard]
-    print(f"  gold vs gold:  {len(gold) - len(failed)}/{len(gold)} pass  {describe_times(seconds)}"
-          + (f"  FAILED: {', '.join(failed)}" if failed else "  ok"))  # fmt: skip
+    print(
+        f"  gold vs gold:  {len(gold) - len(failed)}/{len(gold)} pass  {describe_times(seconds)}"
+        + (f"  FAILED: {', '.join(failed)}" if failed else "  ok")
+    )
     ok = ok and not failed
 
     untouched, seconds = timed_checks(suite.tasks, lambda case: case.input_path)
     passing = [task.id for task, result in zip(suite.tasks, untouched) if result.hard]
     share = len(passing) / len(untouched)
     verdict = "ok (most fail)" if share < 0.1 else "TOO MANY PASS"
-    print(f"  input vs gold: {len(passing)}/{len(untouched)} pass  {describe_times(seconds)}  "
-          f"{verdict}" + (f"  passing: {', '.join(passing)}" if passing else ""))  # fmt: skip
+    print(
+        f"  input vs gold: {len(passing)}/{len(untouched)} pass  {describe_times(seconds)}  "
+        f"{verdict}" + (f"  passing: {', '.join(passing)}" if passing else "")
+    )
     judges: dict[str, int] = {}
     for result in gold + untouched:
         judges[result.judge] = judges.get(result.judge, 0) + 1

@@ -273,7 +273,9 @@ def check_task(task: Task, outputs: dict[str, Path], engine: str = "auto") -> Ch
     for case in task.cases:
         output = outputs.get(case.name)
         if output is None:
-            results.append(CaseResult(case.name, False, error=f"no output for test case {case.name}"))
+            results.append(
+                CaseResult(case.name, False, error=f"no output for test case {case.name}")
+            )
         else:
             results.append(check_case(task, case, Path(output), engine=engine))
     passed = sum(result.passed for result in results)
@@ -296,11 +298,15 @@ def check_case(task: Task, case: TestCase, output_path: Path, engine: str = "aut
     try:
         gold = openpyxl.load_workbook(case.answer_path, data_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is a reason, not a crash
-        return CaseResult(case.name, False, error=f"gold workbook {case.answer_path} cannot be read: {error}")
+        return CaseResult(
+            case.name, False, error=f"gold workbook {case.answer_path} cannot be read: {error}"
+        )
     try:
         output = openpyxl.load_workbook(output_path, data_only=False)
     except Exception as error:  # noqa: BLE001
-        return CaseResult(case.name, False, error=f"output workbook cannot be read: {_short(error)}")
+        return CaseResult(
+            case.name, False, error=f"output workbook cannot be read: {_short(error)}"
+        )
     try:
         areas = parse_answer_position(task.answer_position, _default_sheet(task, gold))
     except TaskError as error:
@@ -468,12 +474,21 @@ def _evaluate_with_libreoffice(
         command = [
             office,
             f"-env:UserInstallation={profile.as_uri()}",
-            "--headless", "--norestore", "--nologo", "--nodefault", "--nolockcheck",
-            "--convert-to", "xlsx", "--outdir", str(converted), str(source),
-        ]  # fmt: skip
+            "--headless",
+            "--norestore",
+            "--nologo",
+            "--nodefault",
+            "--nolockcheck",
+            "--convert-to",
+            "xlsx",
+            "--outdir",
+            str(converted),
+            str(source),
+        ]
         try:
             finished = subprocess.run(
                 command,
+                check=False,
                 capture_output=True,
                 timeout=LIBREOFFICE_TIMEOUT,
                 env={**os.environ, "HOME": str(scratch)},
@@ -485,7 +500,9 @@ def _evaluate_with_libreoffice(
         result = converted / "workbook.xlsx"
         if finished.returncode != 0 or not result.is_file():
             detail = (finished.stderr or finished.stdout).decode(errors="replace").strip()
-            raise _EvaluationFailed(f"conversion failed (exit {finished.returncode}) {detail[:200]}")
+            raise _EvaluationFailed(
+                f"conversion failed (exit {finished.returncode}) {detail[:200]}"
+            )
         try:
             recalculated = openpyxl.load_workbook(result, data_only=True)
         except Exception as error:  # noqa: BLE001
@@ -529,7 +546,7 @@ def _evaluate_with_formulas(
 
 
 def _solution_location(key: str) -> tuple[str, str] | None:
-    """"'[book.xlsx]SHEET 1'!B2" -> ("SHEET 1", "B2"); ranges and other entries -> None."""
+    """ "'[book.xlsx]SHEET 1'!B2" -> ("SHEET 1", "B2"); ranges and other entries -> None."""
     if "!" not in key:
         return None
     sheet, cell = key.rsplit("!", 1)

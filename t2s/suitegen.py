@@ -21,9 +21,10 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import openpyxl
 from openpyxl.utils import get_column_letter
@@ -82,24 +83,90 @@ class TaskTemplate:
 
 # --- data pools --------------------------------------------------------------------------------
 
-FIRST = ["Alice", "Bruno", "Chen", "Dana", "Elif", "Farah", "Goran", "Hana", "Ivan", "Julia",
-         "Kofi", "Lena", "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tara",
-         "Umar", "Vera", "Wes", "Yuki", "Zane"]  # fmt: skip
-LAST = ["Adams", "Baker", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Horvat", "Ito",
-        "Jensen", "Kowalski", "Larsen", "Moreau", "Nakamura", "Okafor", "Petrov", "Rossi",
-        "Silva", "Tanaka", "Weber"]  # fmt: skip
+FIRST = [
+    "Alice",
+    "Bruno",
+    "Chen",
+    "Dana",
+    "Elif",
+    "Farah",
+    "Goran",
+    "Hana",
+    "Ivan",
+    "Julia",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nora",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Wes",
+    "Yuki",
+    "Zane",
+]
+LAST = [
+    "Adams",
+    "Baker",
+    "Costa",
+    "Dubois",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Horvat",
+    "Ito",
+    "Jensen",
+    "Kowalski",
+    "Larsen",
+    "Moreau",
+    "Nakamura",
+    "Okafor",
+    "Petrov",
+    "Rossi",
+    "Silva",
+    "Tanaka",
+    "Weber",
+]
 REGIONS = ["North", "South", "East", "West"]
 DEPARTMENTS = ["Finance", "HR", "IT", "Operations", "Sales"]
 EXPENSE_TYPES = ["Meals", "Office Supplies", "Software", "Training", "Travel"]
 VENDORS = ["Acme Corp", "Blue Harbor", "Cedar Labs", "Delta Print", "Evergreen Ltd", "Fjord IT"]
-PRODUCTS = [("P-101", "Stapler"), ("P-102", "Desk Lamp"), ("P-103", "Notebook"),
-            ("P-104", "Monitor Arm"), ("P-105", "Headset"), ("P-106", "Webcam"),
-            ("P-107", "Keyboard"), ("P-108", "Mouse Pad"), ("P-109", "USB Hub"),
-            ("P-110", "Whiteboard")]  # fmt: skip
-CATEGORIES = {"Hardware": ["Cables", "Adapters", "Drives"], "Furniture": ["Chairs", "Desks"],
-              "Stationery": ["Paper", "Pens", "Folders"]}  # fmt: skip
-COUNTRIES = ["Germany", "France", "Spain", "Italy", "Norway", "Japan", "Brazil", "Canada",
-             "Kenya", "Mexico", "Poland", "Sweden"]  # fmt: skip
+PRODUCTS = [
+    ("P-101", "Stapler"),
+    ("P-102", "Desk Lamp"),
+    ("P-103", "Notebook"),
+    ("P-104", "Monitor Arm"),
+    ("P-105", "Headset"),
+    ("P-106", "Webcam"),
+    ("P-107", "Keyboard"),
+    ("P-108", "Mouse Pad"),
+    ("P-109", "USB Hub"),
+    ("P-110", "Whiteboard"),
+]
+CATEGORIES = {
+    "Hardware": ["Cables", "Adapters", "Drives"],
+    "Furniture": ["Chairs", "Desks"],
+    "Stationery": ["Paper", "Pens", "Folders"],
+}
+COUNTRIES = [
+    "Germany",
+    "France",
+    "Spain",
+    "Italy",
+    "Norway",
+    "Japan",
+    "Brazil",
+    "Canada",
+    "Kenya",
+    "Mexico",
+    "Poland",
+    "Sweden",
+]
 DOMAINS = ["example.com", "mail.test", "corp.example", "shop.example.org", "inbox.test"]
 MONTHS = ["Jan", "Feb", "Mar"]
 
@@ -126,10 +193,16 @@ def _orders(rng: random.Random, count: int) -> Rows:
     dates = sorted(_day(rng) for _ in range(count))
     rows = [["Order ID", "Order Date", "Region", "Product", "Qty", "Amount"]]
     for index in range(count):
-        rows.append([
-            f"SO-{1001 + index}", dates[index], rng.choice(REGIONS), rng.choice(PRODUCTS)[1],
-            rng.randint(1, 40), amounts[index],
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"SO-{1001 + index}",
+                dates[index],
+                rng.choice(REGIONS),
+                rng.choice(PRODUCTS)[1],
+                rng.randint(1, 40),
+                amounts[index],
+            ]
+        )
     return rows
 
 
@@ -138,10 +211,15 @@ def _employees(rng: random.Random, count: int) -> Rows:
     salaries = rng.sample(range(38000, 125000, 50), count)  # distinct, so sorts have no ties
     ids = rng.sample(range(1000, 9999), count)
     for index, (first, last) in enumerate(_people(rng, count)):
-        rows.append([
-            f"E{ids[index]}", f"{first} {last}", rng.choice(DEPARTMENTS),
-            _day(rng, dt.datetime(2012, 1, 1), 4000), salaries[index],
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"E{ids[index]}",
+                f"{first} {last}",
+                rng.choice(DEPARTMENTS),
+                _day(rng, dt.datetime(2012, 1, 1), 4000),
+                salaries[index],
+            ]
+        )
     return rows
 
 
@@ -156,19 +234,33 @@ def _inventory(rng: random.Random, count: int) -> Rows:
     rows = [["SKU", "Item", "Category", "Stock", "Unit Cost"]]
     items = rng.sample([(sub, cat) for cat, subs in CATEGORIES.items() for sub in subs], 8)
     costs = _money(rng, 1, 400, count)
-    stocks = rng.sample(range(0, 500), count)
+    stocks = rng.sample(range(500), count)
     for index in range(count):
         sub, cat = items[index % len(items)]
-        rows.append([f"SKU-{rng.randint(10000, 99999)}", f"{sub} #{index + 1}", cat,
-                     stocks[index], costs[index]])  # fmt: skip
+        rows.append(
+            [
+                f"SKU-{rng.randint(10000, 99999)}",
+                f"{sub} #{index + 1}",
+                cat,
+                stocks[index],
+                costs[index],
+            ]
+        )
     return rows
 
 
 def _grades(rng: random.Random, count: int) -> Rows:
     rows = [["Student", "Class", "Math", "Science", "English"]]
     for first, last in _people(rng, count):
-        rows.append([f"{first} {last}", rng.choice(["7A", "7B", "8A"]),
-                     rng.randint(35, 100), rng.randint(35, 100), rng.randint(35, 100)])  # fmt: skip
+        rows.append(
+            [
+                f"{first} {last}",
+                rng.choice(["7A", "7B", "8A"]),
+                rng.randint(35, 100),
+                rng.randint(35, 100),
+                rng.randint(35, 100),
+            ]
+        )
     return rows
 
 
@@ -233,20 +325,49 @@ def _totals() -> list[TaskTemplate]:
     aggregates = [
         ("sum-amount", _orders, "Orders", "Amount", "Total", sum, "the total of the Amount column"),
         ("sum-qty", _orders, "Orders", "Qty", "Total Qty", sum, "the total quantity ordered"),
-        ("average-salary", _employees, "Staff", "Salary", "Average", lambda v: sum(v) / len(v),
-         "the average salary"),
-        ("max-stock", _inventory, "Inventory", "Stock", "Highest", max,
-         "the highest stock level of any item"),
-        ("min-cost", _inventory, "Inventory", "Unit Cost", "Lowest", min,
-         "the lowest unit cost of any item"),
-        ("average-math", _grades, "Grades", "Math", "Class average", lambda v: sum(v) / len(v),
-         "the average Math score"),
-    ]  # fmt: skip
+        (
+            "average-salary",
+            _employees,
+            "Staff",
+            "Salary",
+            "Average",
+            lambda v: sum(v) / len(v),
+            "the average salary",
+        ),
+        (
+            "max-stock",
+            _inventory,
+            "Inventory",
+            "Stock",
+            "Highest",
+            max,
+            "the highest stock level of any item",
+        ),
+        (
+            "min-cost",
+            _inventory,
+            "Inventory",
+            "Unit Cost",
+            "Lowest",
+            min,
+            "the lowest unit cost of any item",
+        ),
+        (
+            "average-math",
+            _grades,
+            "Grades",
+            "Math",
+            "Class average",
+            lambda v: sum(v) / len(v),
+            "the average Math score",
+        ),
+    ]
+    n = 14
     for slug, make_rows, sheet, header, label, function, what in aggregates:
-        n = 14
 
-        def build(rng, make_rows=make_rows, sheet=sheet, header=header, label=label,
-                  function=function):  # fmt: skip
+        def build(
+            rng, make_rows=make_rows, sheet=sheet, header=header, label=label, function=function
+        ):
             rows = make_rows(rng, n)
             col = _column(rows, header) + 1
             result = function(_values(rows, header))
@@ -256,37 +377,59 @@ def _totals() -> list[TaskTemplate]:
 
         col = _column(make_rows(random.Random(0), 1), header) + 1
         letter = get_column_letter(col)
-        tasks.append(TaskTemplate(
-            f"totals-{slug}", "totals",
-            f"The sheet '{sheet}' has a table in rows 1 to {n + 1} with headers in row 1. "
-            f"In cell {letter}{n + 3}, next to the label '{label}', put {what} "
-            f"(column {letter}, rows 2 to {n + 1}).",
-            _area(sheet, col, n + 3, col, n + 3), build,
-        ))  # fmt: skip
-    tasks.append(_new_column(
-        "totals", "row-total",
-        lambda rng, n: [["Rep", "Q1", "Q2", "Q3", "Q4"]] + [
-            [f"{f} {l}"] + _money(rng, 1000, 9000, 4) for f, l in _people(rng, n)],
-        "Quarterly", "Year Total", lambda row, rows: sum(row[1:5]),
-        "In the sheet '{sheet}', each row is a sales rep with sales for Q1 to Q4 in columns B to "
-        "E. Fill {col}2:{col}{last} ('{header}') with each rep's total for the year.",
-    ))  # fmt: skip
-    tasks.append(_new_column(
-        "totals", "line-amount",
-        lambda rng, n: [["Item", "Qty", "Unit Price"]] + [
-            [name, rng.randint(1, 25), price]
-            for (_, name), price in zip(rng.sample(PRODUCTS, min(n, 10)) * 2, _money(rng, 2, 90, n))
-        ][:n],
-        "Invoice", "Line Total", lambda row, rows: row[1] * row[2],
-        "The sheet '{sheet}' lists invoice lines: item, quantity (B) and unit price (C). In "
-        "{col}2:{col}{last} ('{header}'), calculate quantity times unit price for each line.",
-        n=12,
-    ))  # fmt: skip
+        tasks.append(
+            TaskTemplate(
+                f"totals-{slug}",
+                "totals",
+                f"The sheet '{sheet}' has a table in rows 1 to {n + 1} with headers in row 1. "
+                f"In cell {letter}{n + 3}, next to the label '{label}', put {what} "
+                f"(column {letter}, rows 2 to {n + 1}).",
+                _area(sheet, col, n + 3, col, n + 3),
+                build,
+            )
+        )
+    tasks.append(
+        _new_column(
+            "totals",
+            "row-total",
+            lambda rng, n: (
+                [["Rep", "Q1", "Q2", "Q3", "Q4"]]
+                + [[f"{f} {l}"] + _money(rng, 1000, 9000, 4) for f, l in _people(rng, n)]
+            ),
+            "Quarterly",
+            "Year Total",
+            lambda row, rows: sum(row[1:5]),
+            "In the sheet '{sheet}', each row is a sales rep with sales for Q1 to Q4 in columns B to "
+            "E. Fill {col}2:{col}{last} ('{header}') with each rep's total for the year.",
+        )
+    )
+    tasks.append(
+        _new_column(
+            "totals",
+            "line-amount",
+            lambda rng, n: (
+                [["Item", "Qty", "Unit Price"]]
+                + [
+                    [name, rng.randint(1, 25), price]
+                    for (_, name), price in zip(
+                        rng.sample(PRODUCTS, min(n, 10)) * 2, _money(rng, 2, 90, n)
+                    )
+                ][:n]
+            ),
+            "Invoice",
+            "Line Total",
+            lambda row, rows: row[1] * row[2],
+            "The sheet '{sheet}' lists invoice lines: item, quantity (B) and unit price (C). In "
+            "{col}2:{col}{last} ('{header}'), calculate quantity times unit price for each line.",
+            n=12,
+        )
+    )
     return tasks
 
 
-def _summary_by_group(slug, make_rows, sheet, group_header, value_header, groups, reduce,
-                      result_header, what):  # fmt: skip
+def _summary_by_group(
+    slug, make_rows, sheet, group_header, value_header, groups, reduce, result_header, what
+):
     """Distinct groups listed beside the table; the answer is one figure per group."""
     n = 18
 
@@ -298,8 +441,9 @@ def _summary_by_group(slug, make_rows, sheet, group_header, value_header, groups
         for index, group in enumerate(groups):
             _set(rows, index + 2, width + 2, group)
         key, value = _column(rows, group_header), _column(rows, value_header)
-        results = [reduce([row[value] for row in rows[1 : n + 1] if row[key] == group])
-                   for group in groups]  # fmt: skip
+        results = [
+            reduce([row[value] for row in rows[1 : n + 1] if row[key] == group]) for group in groups
+        ]
         book = {sheet: rows}
         return book, _fill_column(book, sheet, width + 3, 2, results)
 
@@ -320,19 +464,62 @@ def _average(values):
 
 def _conditional() -> list[TaskTemplate]:
     tasks = [
-        _summary_by_group("sumif-region", _orders, "Orders", "Region", "Amount", REGIONS, sum,
-                          "Total Amount", "the sum of Amount"),
-        _summary_by_group("countif-region", _orders, "Orders", "Region", "Amount", REGIONS, len,
-                          "Orders", "the number of orders"),
-        _summary_by_group("averageif-department", _employees, "Staff", "Department", "Salary",
-                          DEPARTMENTS, _average, "Average Salary",
-                          "the average salary (0 when nobody works there)"),
-        _summary_by_group("sumif-category", _expenses, "Expenses", "Category", "Amount",
-                          EXPENSE_TYPES, sum, "Spent", "the total spent"),
-        _summary_by_group("maxif-department", _employees, "Staff", "Department", "Salary",
-                          DEPARTMENTS, lambda v: max(v) if v else 0, "Top Salary",
-                          "the highest salary (0 when nobody works there)"),
-    ]  # fmt: skip
+        _summary_by_group(
+            "sumif-region",
+            _orders,
+            "Orders",
+            "Region",
+            "Amount",
+            REGIONS,
+            sum,
+            "Total Amount",
+            "the sum of Amount",
+        ),
+        _summary_by_group(
+            "countif-region",
+            _orders,
+            "Orders",
+            "Region",
+            "Amount",
+            REGIONS,
+            len,
+            "Orders",
+            "the number of orders",
+        ),
+        _summary_by_group(
+            "averageif-department",
+            _employees,
+            "Staff",
+            "Department",
+            "Salary",
+            DEPARTMENTS,
+            _average,
+            "Average Salary",
+            "the average salary (0 when nobody works there)",
+        ),
+        _summary_by_group(
+            "sumif-category",
+            _expenses,
+            "Expenses",
+            "Category",
+            "Amount",
+            EXPENSE_TYPES,
+            sum,
+            "Spent",
+            "the total spent",
+        ),
+        _summary_by_group(
+            "maxif-department",
+            _employees,
+            "Staff",
+            "Department",
+            "Salary",
+            DEPARTMENTS,
+            lambda v: max(v) if v else 0,
+            "Top Salary",
+            "the highest salary (0 when nobody works there)",
+        ),
+    ]
     n = 20
 
     def above_threshold(rng):
@@ -345,12 +532,16 @@ def _conditional() -> list[TaskTemplate]:
         count = sum(1 for amount in _values(rows, "Amount") if amount > threshold)
         return book, _fill_column(book, "Orders", 9, 2, [count])
 
-    tasks.append(TaskTemplate(
-        "conditional-count-above", "conditional",
-        f"The sheet 'Orders' lists orders in A1:F{n + 1}. Count how many orders have an Amount "
-        "strictly greater than the threshold in H2, and put the count in I2.",
-        "'Orders'!I2", above_threshold,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "conditional-count-above",
+            "conditional",
+            f"The sheet 'Orders' lists orders in A1:F{n + 1}. Count how many orders have an Amount "
+            "strictly greater than the threshold in H2, and put the count in I2.",
+            "'Orders'!I2",
+            above_threshold,
+        )
+    )
 
     def two_criteria(rng):
         rows = _orders(rng, n)
@@ -363,13 +554,17 @@ def _conditional() -> list[TaskTemplate]:
         book = {"Orders": rows}
         return book, _fill_column(book, "Orders", 9, 3, [total])
 
-    tasks.append(TaskTemplate(
-        "conditional-sumifs-two", "conditional",
-        f"In the sheet 'Orders' (orders in A1:F{n + 1}), cell I1 holds a region and I2 a product. "
-        "In I3, put the total Amount of the orders that match both that region and that product "
-        "(0 if none).",
-        "'Orders'!I3", two_criteria,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "conditional-sumifs-two",
+            "conditional",
+            f"In the sheet 'Orders' (orders in A1:F{n + 1}), cell I1 holds a region and I2 a product. "
+            "In I3, put the total Amount of the orders that match both that region and that product "
+            "(0 if none).",
+            "'Orders'!I3",
+            two_criteria,
+        )
+    )
     return tasks
 
 
@@ -386,13 +581,17 @@ def _lookup() -> list[TaskTemplate]:
         book = {"Orders": orders, "Price List": catalog}
         return book, _fill_column(book, "Orders", 6, 2, [prices[row[3]] for row in orders[1:]])
 
-    tasks.append(TaskTemplate(
-        "lookup-price-list", "lookup",
-        "The sheet 'Orders' lists orders with a Product in column D. The sheet 'Price List' "
-        f"gives each product's unit price. Fill F2:F{n + 1} ('Unit Price') with the price of each "
-        "order's product, looked up by product name.",
-        _area("Orders", 6, 2, 6, n + 1), price_from_sheet,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "lookup-price-list",
+            "lookup",
+            "The sheet 'Orders' lists orders with a Product in column D. The sheet 'Price List' "
+            f"gives each product's unit price. Fill F2:F{n + 1} ('Unit Price') with the price of each "
+            "order's product, looked up by product name.",
+            _area("Orders", 6, 2, 6, n + 1),
+            price_from_sheet,
+        )
+    )
 
     def department_by_id(rng, missing_label=None):
         staff = _employees(rng, 12)
@@ -408,21 +607,28 @@ def _lookup() -> list[TaskTemplate]:
         found = [departments.get(row[0], missing_label) for row in people[1:]]
         return book, _fill_column(book, "Assignments", 3, 2, found)
 
-    tasks.append(TaskTemplate(
-        "lookup-department", "lookup",
-        "The sheet 'Assignments' lists employee IDs (column A) and projects. The sheet 'Staff' "
-        f"has every employee's ID and department. In C2:C{n + 1}, put each assigned employee's "
-        "department.",
-        _area("Assignments", 3, 2, 3, n + 1), department_by_id,
-    ))  # fmt: skip
-    tasks.append(TaskTemplate(
-        "lookup-not-found", "lookup",
-        "The sheet 'Assignments' lists employee IDs (column A) and projects; the sheet 'Staff' "
-        f"has every employee's ID and department. In C2:C{n + 1}, put each employee's department, "
-        "or the text Not found when the ID is not in 'Staff'.",
-        _area("Assignments", 3, 2, 3, n + 1),
-        lambda rng: department_by_id(rng, missing_label="Not found"),
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "lookup-department",
+            "lookup",
+            "The sheet 'Assignments' lists employee IDs (column A) and projects. The sheet 'Staff' "
+            f"has every employee's ID and department. In C2:C{n + 1}, put each assigned employee's "
+            "department.",
+            _area("Assignments", 3, 2, 3, n + 1),
+            department_by_id,
+        )
+    )
+    tasks.append(
+        TaskTemplate(
+            "lookup-not-found",
+            "lookup",
+            "The sheet 'Assignments' lists employee IDs (column A) and projects; the sheet 'Staff' "
+            f"has every employee's ID and department. In C2:C{n + 1}, put each employee's department, "
+            "or the text Not found when the ID is not in 'Staff'.",
+            _area("Assignments", 3, 2, 3, n + 1),
+            lambda rng: department_by_id(rng, missing_label="Not found"),
+        )
+    )
 
     bands = [(0, "F"), (50, "D"), (60, "C"), (70, "B"), (85, "A")]
 
@@ -436,15 +642,21 @@ def _lookup() -> list[TaskTemplate]:
             _set(rows, offset + 1, 9, grade)
         _set(rows, 1, 6, "Math Grade")
         book = {"Grades": rows}
-        return book, _fill_column(book, "Grades", 6, 2, [letter_grade(r[2]) for r in rows[1:n + 1]])
+        return book, _fill_column(
+            book, "Grades", 6, 2, [letter_grade(r[2]) for r in rows[1 : n + 1]]
+        )
 
-    tasks.append(TaskTemplate(
-        "lookup-grade-band", "lookup",
-        "In the sheet 'Grades', H1:I6 is a grading table: a score at or above 'Min score' earns "
-        f"that grade. Fill F2:F{n + 1} ('Math Grade') with each student's grade for the Math "
-        "score in column C, using the highest band the score reaches.",
-        _area("Grades", 6, 2, 6, n + 1), grade_bands,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "lookup-grade-band",
+            "lookup",
+            "In the sheet 'Grades', H1:I6 is a grading table: a score at or above 'Min score' earns "
+            f"that grade. Fill F2:F{n + 1} ('Math Grade') with each student's grade for the Math "
+            "score in column C, using the highest band the score reaches.",
+            _area("Grades", 6, 2, 6, n + 1),
+            grade_bands,
+        )
+    )
 
     def shipping_grid(rng):
         zones, classes = ["Zone 1", "Zone 2", "Zone 3"], ["Small", "Medium", "Large"]
@@ -459,30 +671,39 @@ def _lookup() -> list[TaskTemplate]:
         book = {"Shipments": shipments, "Rates": grid}
         return book, _fill_column(book, "Shipments", 4, 2, answers)
 
-    tasks.append(TaskTemplate(
-        "lookup-two-way", "lookup",
-        "The sheet 'Rates' is a grid of shipping rates: zones down column A, sizes across row 1. "
-        f"In the sheet 'Shipments', fill D2:D{n + 1} with the rate for each shipment's zone "
-        "(column B) and size (column C).",
-        _area("Shipments", 4, 2, 4, n + 1), shipping_grid,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "lookup-two-way",
+            "lookup",
+            "The sheet 'Rates' is a grid of shipping rates: zones down column A, sizes across row 1. "
+            f"In the sheet 'Shipments', fill D2:D{n + 1} with the rate for each shipment's zone "
+            "(column B) and size (column C).",
+            _area("Shipments", 4, 2, 4, n + 1),
+            shipping_grid,
+        )
+    )
 
     def name_from_email(rng):
         people = _people(rng, 10)
         directory = [["Name", "Email"]] + [
-            [f"{f} {l}", f"{f}.{l}@{rng.choice(DOMAINS)}".lower()] for f, l in people]
+            [f"{f} {l}", f"{f}.{l}@{rng.choice(DOMAINS)}".lower()] for f, l in people
+        ]
         wanted = [rng.choice(directory[1:]) for _ in range(12)]
         rows = [["Email", "Name"]] + [[row[1]] for row in wanted]
         book = {"Tickets": rows, "Directory": directory}
         return book, _fill_column(book, "Tickets", 2, 2, [row[0] for row in wanted])
 
-    tasks.append(TaskTemplate(
-        "lookup-left", "lookup",
-        "The sheet 'Directory' has names in column A and email addresses in column B. The sheet "
-        "'Tickets' has an email in each of A2:A13. Fill B2:B13 with the name that belongs to "
-        "each email.",
-        _area("Tickets", 2, 2, 2, 13), name_from_email,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "lookup-left",
+            "lookup",
+            "The sheet 'Directory' has names in column A and email addresses in column B. The sheet "
+            "'Tickets' has an email in each of A2:A13. Fill B2:B13 with the name that belongs to "
+            "each email.",
+            _area("Tickets", 2, 2, 2, 13),
+            name_from_email,
+        )
+    )
     return tasks
 
 
@@ -496,64 +717,113 @@ def _text() -> list[TaskTemplate]:
     n = 14
     tasks = [
         _new_column(
-            "text", "trim-spaces",
-            lambda rng, count: [["Customer"]] + [
-                [_messy(rng, f"{f} {l}")] for f, l in _people(rng, count)],
-            "Customers", "Clean Name", lambda row, rows: " ".join(row[0].split()),
+            "text",
+            "trim-spaces",
+            lambda rng, count: (
+                [["Customer"]] + [[_messy(rng, f"{f} {l}")] for f, l in _people(rng, count)]
+            ),
+            "Customers",
+            "Clean Name",
+            lambda row, rows: " ".join(row[0].split()),
             "The names in the sheet '{sheet}' (A2:A{last}) have extra spaces at the start, at the "
             "end and between words. Put each name with single spaces and no leading or trailing "
-            "spaces in {col}2:{col}{last}.", n=n,
+            "spaces in {col}2:{col}{last}.",
+            n=n,
         ),
         _new_column(
-            "text", "upper-codes",
-            lambda rng, count: [["Code", "Qty"]] + [
-                [f"{rng.choice(['ab', 'xk', 'mq', 'tr'])}-{rng.randint(100, 999)}"
-                 f"{rng.choice(['', 'x', 'b'])}", rng.randint(1, 9)] for _ in range(count)],
-            "Stock", "Code (upper)", lambda row, rows: row[0].upper(),
+            "text",
+            "upper-codes",
+            lambda rng, count: (
+                [["Code", "Qty"]]
+                + [
+                    [
+                        (
+                            f"{rng.choice(['ab', 'xk', 'mq', 'tr'])}-{rng.randint(100, 999)}"
+                            f"{rng.choice(['', 'x', 'b'])}"
+                        ),
+                        rng.randint(1, 9),
+                    ]
+                    for _ in range(count)
+                ]
+            ),
+            "Stock",
+            "Code (upper)",
+            lambda row, rows: row[0].upper(),
             "The product codes in column A of the sheet '{sheet}' are in lower case. Write each "
-            "code in upper case in {col}2:{col}{last}.", n=n,
+            "code in upper case in {col}2:{col}{last}.",
+            n=n,
         ),
         _new_column(
-            "text", "proper-case",
-            lambda rng, count: [["Name"]] + [
-                [rng.choice([str.lower, str.upper])(f"{f} {l}")] for f, l in _people(rng, count)],
-            "Contacts", "Proper Name", lambda row, rows: row[0].title(),
+            "text",
+            "proper-case",
+            lambda rng, count: (
+                [["Name"]]
+                + [[rng.choice([str.lower, str.upper])(f"{f} {l}")] for f, l in _people(rng, count)]
+            ),
+            "Contacts",
+            "Proper Name",
+            lambda row, rows: row[0].title(),
             "The names in the sheet '{sheet}' (A2:A{last}) are all lower or all upper case. Put "
             "each name with the first letter of every word capitalised and the rest lower case "
-            "in {col}2:{col}{last}.", n=n,
+            "in {col}2:{col}{last}.",
+            n=n,
         ),
         _new_column(
-            "text", "email-domain",
-            lambda rng, count: [["Email"]] + [
-                [f"{f}.{l}@{rng.choice(DOMAINS)}".lower()] for f, l in _people(rng, count)],
-            "Signups", "Domain", lambda row, rows: row[0].split("@", 1)[1],
+            "text",
+            "email-domain",
+            lambda rng, count: (
+                [["Email"]]
+                + [[f"{f}.{l}@{rng.choice(DOMAINS)}".lower()] for f, l in _people(rng, count)]
+            ),
+            "Signups",
+            "Domain",
+            lambda row, rows: row[0].split("@", 1)[1],
             "Column A of the sheet '{sheet}' holds email addresses. In {col}2:{col}{last}, "
-            "extract the domain of each address (everything after the @).", n=n,
+            "extract the domain of each address (everything after the @).",
+            n=n,
         ),
         _new_column(
-            "text", "join-names",
+            "text",
+            "join-names",
             lambda rng, count: [["First", "Last"]] + [[f, l] for f, l in _people(rng, count)],
-            "People", "Full Name", lambda row, rows: f"{row[0]} {row[1]}",
+            "People",
+            "Full Name",
+            lambda row, rows: f"{row[0]} {row[1]}",
             "The sheet '{sheet}' has first names in column A and last names in column B. In "
-            "{col}2:{col}{last}, put the full name: first name, one space, last name.", n=n,
+            "{col}2:{col}{last}, put the full name: first name, one space, last name.",
+            n=n,
         ),
         _new_column(
-            "text", "invoice-number",
-            lambda rng, count: [["Invoice", "Amount"]] + [
-                [f"INV-{number:05d}", amount] for number, amount in
-                zip(rng.sample(range(1, 40000), count), _money(rng, 10, 900, count))],
-            "Invoices", "Number", lambda row, rows: int(row[0].split("-")[1]),
+            "text",
+            "invoice-number",
+            lambda rng, count: (
+                [["Invoice", "Amount"]]
+                + [
+                    [f"INV-{number:05d}", amount]
+                    for number, amount in zip(
+                        rng.sample(range(1, 40000), count), _money(rng, 10, 900, count)
+                    )
+                ]
+            ),
+            "Invoices",
+            "Number",
+            lambda row, rows: int(row[0].split("-")[1]),
             "In the sheet '{sheet}', invoice references look like INV-00042. In "
-            "{col}2:{col}{last}, put the number part of each reference as a number (42).", n=n,
+            "{col}2:{col}{last}, put the number part of each reference as a number (42).",
+            n=n,
         ),
         _new_column(
-            "text", "country-code",
+            "text",
+            "country-code",
             lambda rng, count: [["Country"]] + [[rng.choice(COUNTRIES)] for _ in range(count)],
-            "Countries", "Code", lambda row, rows: row[0][:3].upper(),
+            "Countries",
+            "Code",
+            lambda row, rows: row[0][:3].upper(),
             "Column A of the sheet '{sheet}' lists countries. In {col}2:{col}{last}, write a code "
-            "made of the first three letters of the country in upper case (Germany -> GER).", n=n,
+            "made of the first three letters of the country in upper case (Germany -> GER).",
+            n=n,
         ),
-    ]  # fmt: skip
+    ]
 
     def split_names(rng):
         people = _people(rng, n)
@@ -562,12 +832,16 @@ def _text() -> list[TaskTemplate]:
         gold = _fill_column(book, "Roster", 2, 2, [f for f, _ in people])
         return book, _fill_column(gold, "Roster", 3, 2, [l for _, l in people])
 
-    tasks.append(TaskTemplate(
-        "text-split-names", "text",
-        "The sheet 'Roster' has names written as 'Last, First' in A2:A15. Split them: first "
-        "names in B2:B15 and last names in C2:C15.",
-        _area("Roster", 2, 2, 3, n + 1), split_names,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "text-split-names",
+            "text",
+            "The sheet 'Roster' has names written as 'Last, First' in A2:A15. Split them: first "
+            "names in B2:B15 and last names in C2:C15.",
+            _area("Roster", 2, 2, 3, n + 1),
+            split_names,
+        )
+    )
     return tasks
 
 
@@ -581,8 +855,13 @@ def _dates() -> list[TaskTemplate]:
         rows = [["Project", "Start", "End"]]
         for index in range(count):
             start = _day(rng)
-            rows.append([f"Project {chr(65 + index)}", start,
-                         start + dt.timedelta(days=rng.randint(3, 240))])  # fmt: skip
+            rows.append(
+                [
+                    f"Project {chr(65 + index)}",
+                    start,
+                    start + dt.timedelta(days=rng.randint(3, 240)),
+                ]
+            )
         return rows
 
     def invoices(rng, count):
@@ -595,43 +874,99 @@ def _dates() -> list[TaskTemplate]:
         return day.replace(day=calendar.monthrange(day.year, day.month)[1])
 
     return [
-        _new_column("dates", "days-between", projects, "Projects", "Duration (days)",
-                    lambda row, rows: (row[2] - row[1]).days,
-                    "The sheet '{sheet}' has each project's start date (B) and end date (C). In "
-                    "{col}2:{col}{last}, put the number of days from start to end (end minus "
-                    "start).", n=n),
-        _new_column("dates", "month-name", orders, "Orders", "Month",
-                    lambda row, rows: row[1].strftime("%B"),
-                    "In the sheet '{sheet}', column B holds order dates. In {col}2:{col}{last}, "
-                    "write the full English month name of each date (for example March).", n=n),
-        _new_column("dates", "weekday", orders, "Orders", "Weekday",
-                    lambda row, rows: row[1].strftime("%A"),
-                    "In the sheet '{sheet}', column B holds order dates. In {col}2:{col}{last}, "
-                    "write the day of the week of each date in English (for example Monday).", n=n),
-        _new_column("dates", "year", orders, "Orders", "Year",
-                    lambda row, rows: row[1].year,
-                    "In the sheet '{sheet}', column B holds order dates. In {col}2:{col}{last}, "
-                    "put the year of each date as a number.", n=n),
-        _new_column("dates", "due-date", invoices, "Invoices", "Due Date",
-                    lambda row, rows: row[1] + dt.timedelta(days=row[2]),
-                    "The sheet '{sheet}' lists invoices with an invoice date (B) and payment "
-                    "terms in days (C). In {col}2:{col}{last}, put each invoice's due date: the "
-                    "invoice date plus the terms.", n=n),
-        _new_column("dates", "quarter", orders, "Orders", "Quarter",
-                    lambda row, rows: f"Q{(row[1].month - 1) // 3 + 1}",
-                    "In the sheet '{sheet}', column B holds order dates. In {col}2:{col}{last}, "
-                    "write the calendar quarter of each date as Q1, Q2, Q3 or Q4.", n=n),
-        _new_column("dates", "end-of-month", invoices, "Invoices", "Month End",
-                    lambda row, rows: end_of_month(row[1]),
-                    "The sheet '{sheet}' lists invoices with a date in column B. In "
-                    "{col}2:{col}{last}, put the last day of the month of each invoice date, as "
-                    "a date.", n=n),
-        _new_column("dates", "years-of-service", _employees, "Staff", "Years of Service",
-                    lambda row, rows: _full_years(row[3], dt.datetime(2025, 6, 30)),
-                    "The sheet '{sheet}' has each employee's hire date in column D. In "
-                    "{col}2:{col}{last}, put the number of complete years each employee has "
-                    "worked as of 30 June 2025.", n=n),
-    ]  # fmt: skip
+        _new_column(
+            "dates",
+            "days-between",
+            projects,
+            "Projects",
+            "Duration (days)",
+            lambda row, rows: (row[2] - row[1]).days,
+            "The sheet '{sheet}' has each project's start date (B) and end date (C). In "
+            "{col}2:{col}{last}, put the number of days from start to end (end minus "
+            "start).",
+            n=n,
+        ),
+        _new_column(
+            "dates",
+            "month-name",
+            orders,
+            "Orders",
+            "Month",
+            lambda row, rows: row[1].strftime("%B"),
+            "In the sheet '{sheet}', column B holds order dates. In {col}2:{col}{last}, "
+            "write the full English month name of each date (for example March).",
+            n=n,
+        ),
+        _new_column(
+            "dates",
+            "weekday",
+            orders,
+            "Orders",
+            "Weekday",
+            lambda row, rows: row[1].strftime("%A"),
+            "In the sheet '{sheet}', column B holds order dates. In {col}2:{col}{last}, "
+            "write the day of the week of each date in English (for example Monday).",
+            n=n,
+        ),
+        _new_column(
+            "dates",
+            "year",
+            orders,
+            "Orders",
+            "Year",
+            lambda row, rows: row[1].year,
+            "In the sheet '{sheet}', column B holds order dates. In {col}2:{col}{last}, "
+            "put the year of each date as a number.",
+            n=n,
+        ),
+        _new_column(
+            "dates",
+            "due-date",
+            invoices,
+            "Invoices",
+            "Due Date",
+            lambda row, rows: row[1] + dt.timedelta(days=row[2]),
+            "The sheet '{sheet}' lists invoices with an invoice date (B) and payment "
+            "terms in days (C). In {col}2:{col}{last}, put each invoice's due date: the "
+            "invoice date plus the terms.",
+            n=n,
+        ),
+        _new_column(
+            "dates",
+            "quarter",
+            orders,
+            "Orders",
+            "Quarter",
+            lambda row, rows: f"Q{(row[1].month - 1) // 3 + 1}",
+            "In the sheet '{sheet}', column B holds order dates. In {col}2:{col}{last}, "
+            "write the calendar quarter of each date as Q1, Q2, Q3 or Q4.",
+            n=n,
+        ),
+        _new_column(
+            "dates",
+            "end-of-month",
+            invoices,
+            "Invoices",
+            "Month End",
+            lambda row, rows: end_of_month(row[1]),
+            "The sheet '{sheet}' lists invoices with a date in column B. In "
+            "{col}2:{col}{last}, put the last day of the month of each invoice date, as "
+            "a date.",
+            n=n,
+        ),
+        _new_column(
+            "dates",
+            "years-of-service",
+            _employees,
+            "Staff",
+            "Years of Service",
+            lambda row, rows: _full_years(row[3], dt.datetime(2025, 6, 30)),
+            "The sheet '{sheet}' has each employee's hire date in column D. In "
+            "{col}2:{col}{last}, put the number of complete years each employee has "
+            "worked as of 30 June 2025.",
+            n=n,
+        ),
+    ]
 
 
 def _full_years(start: dt.datetime, on: dt.datetime) -> int:
@@ -643,9 +978,15 @@ def _sheet_task(kind, slug, sheet, make_book, instruction, extent):
     cols, rows = extent
     last = f"{get_column_letter(cols)}{rows}"
     return TaskTemplate(
-        f"{kind}-{slug}", kind, instruction, _area(sheet, 1, 1, cols, rows), make_book,
-        sheet_level=True, answer_sheet=sheet, data_position=f"A1:{last}",
-    )  # fmt: skip
+        f"{kind}-{slug}",
+        kind,
+        instruction,
+        _area(sheet, 1, 1, cols, rows),
+        make_book,
+        sheet_level=True,
+        answer_sheet=sheet,
+        data_position=f"A1:{last}",
+    )
 
 
 def _sorting() -> list[TaskTemplate]:
@@ -657,35 +998,97 @@ def _sorting() -> list[TaskTemplate]:
             body = rows[1:]
             while sorted(body, key=key, reverse=reverse) == body:
                 rng.shuffle(body)
-            return {sheet: rows[:1] + body}, {sheet: rows[:1] + sorted(body, key=key, reverse=reverse)}
+            return {sheet: rows[:1] + body}, {
+                sheet: rows[:1] + sorted(body, key=key, reverse=reverse)
+            }
 
         return build
 
     specs = [
-        ("amount-desc", _orders, "Orders", 6, lambda r: r[5], True,
-         "Sort the orders in the sheet 'Orders' (A1:F{last}, headers in row 1) by Amount, "
-         "largest first. Keep the header row at the top and keep each row's values together."),
-        ("name-asc", _employees, "Staff", 5, lambda r: r[1], False,
-         "Sort the table in the sheet 'Staff' (A1:E{last}) alphabetically by Name, A to Z, "
-         "keeping the header in row 1 and each row intact."),
-        ("date-asc", _expenses, "Expenses", 4, lambda r: (r[0], r[3]), False,
-         "Sort the expenses in the sheet 'Expenses' (A1:D{last}) by Date, oldest first (rows "
-         "with the same date: smaller Amount first). Keep the header row in place."),
-        ("region-then-amount", _orders, "Orders", 6, lambda r: (r[2], -r[5]), False,
-         "Sort the sheet 'Orders' (A1:F{last}) by Region A to Z, and within each region by "
-         "Amount from largest to smallest. The header row stays in row 1."),
-        ("stock-desc", _inventory, "Inventory", 5, lambda r: r[3], True,
-         "Sort the items in the sheet 'Inventory' (A1:E{last}) by Stock, highest first, "
-         "keeping every row together and the header on top."),
-        ("department-then-salary", _employees, "Staff", 5, lambda r: (r[2], r[4]), False,
-         "Sort the sheet 'Staff' (A1:E{last}) by Department A to Z, then by Salary from lowest "
-         "to highest within a department. Keep the header row first."),
-    ]  # fmt: skip
+        (
+            "amount-desc",
+            _orders,
+            "Orders",
+            6,
+            lambda r: r[5],
+            True,
+            (
+                "Sort the orders in the sheet 'Orders' (A1:F{last}, headers in row 1) by Amount, "
+                "largest first. Keep the header row at the top and keep each row's values together."
+            ),
+        ),
+        (
+            "name-asc",
+            _employees,
+            "Staff",
+            5,
+            lambda r: r[1],
+            False,
+            (
+                "Sort the table in the sheet 'Staff' (A1:E{last}) alphabetically by Name, A to Z, "
+                "keeping the header in row 1 and each row intact."
+            ),
+        ),
+        (
+            "date-asc",
+            _expenses,
+            "Expenses",
+            4,
+            lambda r: (r[0], r[3]),
+            False,
+            (
+                "Sort the expenses in the sheet 'Expenses' (A1:D{last}) by Date, oldest first (rows "
+                "with the same date: smaller Amount first). Keep the header row in place."
+            ),
+        ),
+        (
+            "region-then-amount",
+            _orders,
+            "Orders",
+            6,
+            lambda r: (r[2], -r[5]),
+            False,
+            (
+                "Sort the sheet 'Orders' (A1:F{last}) by Region A to Z, and within each region by "
+                "Amount from largest to smallest. The header row stays in row 1."
+            ),
+        ),
+        (
+            "stock-desc",
+            _inventory,
+            "Inventory",
+            5,
+            lambda r: r[3],
+            True,
+            (
+                "Sort the items in the sheet 'Inventory' (A1:E{last}) by Stock, highest first, "
+                "keeping every row together and the header on top."
+            ),
+        ),
+        (
+            "department-then-salary",
+            _employees,
+            "Staff",
+            5,
+            lambda r: (r[2], r[4]),
+            False,
+            (
+                "Sort the sheet 'Staff' (A1:E{last}) by Department A to Z, then by Salary from lowest "
+                "to highest within a department. Keep the header row first."
+            ),
+        ),
+    ]
     return [
-        _sheet_task("sorting", slug, sheet, sorter(make_rows, sheet, key, reverse),
-                    text.format(last=n + 1), (cols, n + 1))
+        _sheet_task(
+            "sorting",
+            slug,
+            sheet,
+            sorter(make_rows, sheet, key, reverse),
+            text.format(last=n + 1),
+            (cols, n + 1),
+        )
         for slug, make_rows, sheet, cols, key, reverse, text in specs
-    ]  # fmt: skip
+    ]
 
 
 def _with_duplicates(rng: random.Random, rows: Rows, copies: int, key=None) -> Rows:
@@ -696,8 +1099,9 @@ def _with_duplicates(rng: random.Random, rows: Rows, copies: int, key=None) -> R
         duplicate = list(body[source])
         if key is not None:  # same key, other details differ
             fresh = rows[1 + rng.randrange(len(rows) - 1)]
-            duplicate = [value if index == key else fresh[index]
-                         for index, value in enumerate(duplicate)]  # fmt: skip
+            duplicate = [
+                value if index == key else fresh[index] for index, value in enumerate(duplicate)
+            ]
         body.insert(rng.randint(source + 1, len(body)), duplicate)
     return [rows[0]] + body
 
@@ -725,49 +1129,78 @@ def _dedup() -> list[TaskTemplate]:
     def by_email(rng, last=False):
         people = _people(rng, base)
         rows = [["Email", "Name", "Plan", "Signed Up"]] + [
-            [f"{f}.{l}@{rng.choice(DOMAINS)}".lower(), f"{f} {l}",
-             rng.choice(["Free", "Pro", "Team"]), _day(rng)] for f, l in people]  # fmt: skip
+            [
+                f"{f}.{l}@{rng.choice(DOMAINS)}".lower(),
+                f"{f} {l}",
+                rng.choice(["Free", "Pro", "Team"]),
+                _day(rng),
+            ]
+            for f, l in people
+        ]
         rows = _with_duplicates(rng, rows, copies, key=0)
         return {"Signups": rows}, {"Signups": keep_first(rows, key=0, last=last)}
 
-    tasks.append(_sheet_task(
-        "dedup", "exact-rows", "Expenses", exact,
-        f"The sheet 'Expenses' (A1:D{total}) contains some rows that are exact duplicates of "
-        "earlier rows. Remove the duplicate rows, keeping the first occurrence of each, and move "
-        "the remaining rows up so there are no blank rows in between. Cells left below the data "
-        "must be empty.", (4, total),
-    ))  # fmt: skip
-    tasks.append(_sheet_task(
-        "dedup", "by-email-first", "Signups", by_email,
-        f"In the sheet 'Signups' (A1:D{total}), some email addresses appear more than once. "
-        "Keep only the first row for each email address and delete the others, shifting rows "
-        "up so the list has no gaps. Leave the cells below the list empty.", (4, total),
-    ))  # fmt: skip
-    tasks.append(_sheet_task(
-        "dedup", "by-email-last", "Signups", lambda rng: by_email(rng, last=True),
-        f"In the sheet 'Signups' (A1:D{total}), some email addresses appear more than once. "
-        "For each email keep only its last (most recent) row, in its original order relative "
-        "to the other kept rows, and delete the rest, shifting rows up with no gaps. Leave the "
-        "cells below the list empty.", (4, total),
-    ))  # fmt: skip
+    tasks.append(
+        _sheet_task(
+            "dedup",
+            "exact-rows",
+            "Expenses",
+            exact,
+            f"The sheet 'Expenses' (A1:D{total}) contains some rows that are exact duplicates of "
+            "earlier rows. Remove the duplicate rows, keeping the first occurrence of each, and move "
+            "the remaining rows up so there are no blank rows in between. Cells left below the data "
+            "must be empty.",
+            (4, total),
+        )
+    )
+    tasks.append(
+        _sheet_task(
+            "dedup",
+            "by-email-first",
+            "Signups",
+            by_email,
+            f"In the sheet 'Signups' (A1:D{total}), some email addresses appear more than once. "
+            "Keep only the first row for each email address and delete the others, shifting rows "
+            "up so the list has no gaps. Leave the cells below the list empty.",
+            (4, total),
+        )
+    )
+    tasks.append(
+        _sheet_task(
+            "dedup",
+            "by-email-last",
+            "Signups",
+            lambda rng: by_email(rng, last=True),
+            f"In the sheet 'Signups' (A1:D{total}), some email addresses appear more than once. "
+            "For each email keep only its last (most recent) row, in its original order relative "
+            "to the other kept rows, and delete the rest, shifting rows up with no gaps. Leave the "
+            "cells below the list empty.",
+            (4, total),
+        )
+    )
 
     def unique_list(rng):
         values = [rng.choice(VENDORS) for _ in range(16)]
         while len(set(values)) < 4:
             values = [rng.choice(VENDORS) for _ in range(16)]
         rows = [["Vendor", "Amount", None, "Unique Vendors"]] + [
-            [vendor, amount] for vendor, amount in zip(values, _money(rng, 10, 500, 16))]
+            [vendor, amount] for vendor, amount in zip(values, _money(rng, 10, 500, 16))
+        ]
         unique = list(dict.fromkeys(values))
         book = {"Payments": rows}
         return book, _fill_column(book, "Payments", 4, 2, unique + [None] * (16 - len(unique)))
 
-    tasks.append(TaskTemplate(
-        "dedup-unique-list", "dedup",
-        "The sheet 'Payments' lists payments with a Vendor in A2:A17. In column D, starting at "
-        "D2, list each vendor once, in the order they first appear; leave the rest of D2:D17 "
-        "empty.",
-        _area("Payments", 4, 2, 4, 17), unique_list,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "dedup-unique-list",
+            "dedup",
+            "The sheet 'Payments' lists payments with a Vendor in A2:A17. In column D, starting at "
+            "D2, list each vendor once, in the order they first appear; leave the rest of D2:D17 "
+            "empty.",
+            _area("Payments", 4, 2, 4, 17),
+            unique_list,
+        )
+    )
 
     def distinct_count(rng):
         values = [rng.choice(COUNTRIES[: rng.randint(5, 12)]) for _ in range(20)]
@@ -775,12 +1208,16 @@ def _dedup() -> list[TaskTemplate]:
         book = {"Visitors": rows}
         return book, _fill_column(book, "Visitors", 3, 2, [len(set(values))])
 
-    tasks.append(TaskTemplate(
-        "dedup-count-distinct", "dedup",
-        "Column A of the sheet 'Visitors' (A2:A21) lists the country of each visitor, with "
-        "repeats. In C2, put the number of different countries in the list.",
-        "'Visitors'!C2", distinct_count,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "dedup-count-distinct",
+            "dedup",
+            "Column A of the sheet 'Visitors' (A2:A21) lists the country of each visitor, with "
+            "repeats. In C2, put the number of different countries in the list.",
+            "'Visitors'!C2",
+            distinct_count,
+        )
+    )
     return tasks
 
 
@@ -806,8 +1243,9 @@ def _filldown() -> list[TaskTemplate]:
         prices = _money(rng, 1, 300, count)
         for index in range(count):
             category = rng.choice(list(CATEGORIES))
-            rows.append([category, rng.choice(CATEGORIES[category]), f"Item {index + 1}",
-                         prices[index]])  # fmt: skip
+            rows.append(
+                [category, rng.choice(CATEGORIES[category]), f"Item {index + 1}", prices[index]]
+            )
         rows[1:] = sorted(rows[1:], key=lambda row: (row[0], row[1]))
         return rows
 
@@ -832,20 +1270,37 @@ def _filldown() -> list[TaskTemplate]:
         return build
 
     tasks = [
-        _sheet_task("filldown", "region", "Orders", filler(grouped_orders, "Orders", [2]),
-                    f"In the sheet 'Orders' (A1:F{n + 1}), the Region in column C is only "
-                    "written on the first row of each group and left blank below it. Fill every "
-                    "blank Region cell with the region above it.", (6, n + 1)),
-        _sheet_task("filldown", "two-columns", "Catalog", filler(categories, "Catalog", [0, 1]),
-                    f"The sheet 'Catalog' (A1:D{n + 1}) is a grouped list where Category "
-                    "(column A) and Subcategory (column B) are written only where they change. "
-                    "Fill the blanks in both columns with the value from the row above.",
-                    (4, n + 1)),
-        _sheet_task("filldown", "dates", "Production", filler(daily_log, "Production", [0]),
-                    f"In the sheet 'Production' (A1:C{n + 1}), the Date in column A appears "
-                    "only on the first shift of each day. Fill each blank date with the date "
-                    "above it.", (3, n + 1)),
-    ]  # fmt: skip
+        _sheet_task(
+            "filldown",
+            "region",
+            "Orders",
+            filler(grouped_orders, "Orders", [2]),
+            f"In the sheet 'Orders' (A1:F{n + 1}), the Region in column C is only "
+            "written on the first row of each group and left blank below it. Fill every "
+            "blank Region cell with the region above it.",
+            (6, n + 1),
+        ),
+        _sheet_task(
+            "filldown",
+            "two-columns",
+            "Catalog",
+            filler(categories, "Catalog", [0, 1]),
+            f"The sheet 'Catalog' (A1:D{n + 1}) is a grouped list where Category "
+            "(column A) and Subcategory (column B) are written only where they change. "
+            "Fill the blanks in both columns with the value from the row above.",
+            (4, n + 1),
+        ),
+        _sheet_task(
+            "filldown",
+            "dates",
+            "Production",
+            filler(daily_log, "Production", [0]),
+            f"In the sheet 'Production' (A1:C{n + 1}), the Date in column A appears "
+            "only on the first shift of each day. Fill each blank date with the date "
+            "above it.",
+            (3, n + 1),
+        ),
+    ]
 
     def zeros(rng):
         rows = _grades(rng, n)
@@ -856,12 +1311,18 @@ def _filldown() -> list[TaskTemplate]:
             rows[r][c] = 0
         return {"Grades": sparse}, {"Grades": rows}
 
-    tasks.append(_sheet_task(
-        "filldown", "blanks-to-zero", "Grades", zeros,
-        f"In the table A1:E{n + 1} of the sheet 'Grades', some scores (columns C to E) are blank "
-        "because the student missed the test. Put 0 in every blank score cell and change nothing "
-        "else.", (5, n + 1),
-    ))  # fmt: skip
+    tasks.append(
+        _sheet_task(
+            "filldown",
+            "blanks-to-zero",
+            "Grades",
+            zeros,
+            f"In the table A1:E{n + 1} of the sheet 'Grades', some scores (columns C to E) are blank "
+            "because the student missed the test. Put 0 in every blank score cell and change nothing "
+            "else.",
+            (5, n + 1),
+        )
+    )
     return tasks
 
 
@@ -883,13 +1344,17 @@ def _crosssheet() -> list[TaskTemplate]:
         book = {"Summary": summary, **book}
         return book, _fill_column(book, "Summary", 2, 2, [totals[rep] for rep in reps])
 
-    tasks.append(TaskTemplate(
-        "crosssheet-monthly-totals", "crosssheet",
-        "The sheets 'Jan', 'Feb' and 'Mar' each list sales as Rep (column A) and Amount (column "
-        "B); a rep can appear several times. In the sheet 'Summary', fill B2:B6 with each rep's "
-        "total over all three months.",
-        _area("Summary", 2, 2, 2, 6), monthly,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "crosssheet-monthly-totals",
+            "crosssheet",
+            "The sheets 'Jan', 'Feb' and 'Mar' each list sales as Rep (column A) and Amount (column "
+            "B); a rep can appear several times. In the sheet 'Summary', fill B2:B6 with each rep's "
+            "total over all three months.",
+            _area("Summary", 2, 2, 2, 6),
+            monthly,
+        )
+    )
 
     def sheet_totals(rng):
         book: Book = {"Overview": [["Sheet", "Total"]] + [[m] for m in MONTHS]}
@@ -900,13 +1365,17 @@ def _crosssheet() -> list[TaskTemplate]:
             totals.append(sum(_values(rows, "Amount")))
         return book, _fill_column(book, "Overview", 2, 2, totals)
 
-    tasks.append(TaskTemplate(
-        "crosssheet-sheet-totals", "crosssheet",
-        "The workbook has one sheet of expenses per month ('Jan', 'Feb', 'Mar'), Amount in "
-        "column D. In the sheet 'Overview', B2:B4, put the total Amount of the sheet named in "
-        "A2:A4.",
-        _area("Overview", 2, 2, 2, 4), sheet_totals,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "crosssheet-sheet-totals",
+            "crosssheet",
+            "The workbook has one sheet of expenses per month ('Jan', 'Feb', 'Mar'), Amount in "
+            "column D. In the sheet 'Overview', B2:B4, put the total Amount of the sheet named in "
+            "A2:A4.",
+            _area("Overview", 2, 2, 2, 4),
+            sheet_totals,
+        )
+    )
 
     team_sheet = "Team Directory"
 
@@ -920,12 +1389,16 @@ def _crosssheet() -> list[TaskTemplate]:
         book = {"Sales Log": log, team_sheet: directory}
         return book, _fill_column(book, "Sales Log", 4, 2, [regions[row[1]] for row in log[1:]])
 
-    tasks.append(TaskTemplate(
-        "crosssheet-directory", "crosssheet",
-        f"The sheet '{team_sheet}' gives each rep's region. In the sheet 'Sales Log', fill "
-        "D2:D15 with the region of the rep named in column B of the same row.",
-        _area("Sales Log", 4, 2, 4, 15), region_from_directory,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "crosssheet-directory",
+            "crosssheet",
+            f"The sheet '{team_sheet}' gives each rep's region. In the sheet 'Sales Log', fill "
+            "D2:D15 with the region of the rep named in column B of the same row.",
+            _area("Sales Log", 4, 2, 4, 15),
+            region_from_directory,
+        )
+    )
 
     comma_sheet = "Totals, 2024"
 
@@ -938,12 +1411,16 @@ def _crosssheet() -> list[TaskTemplate]:
         gold = _fill_column(book, comma_sheet, 2, 2, counts)
         return book, _fill_column(gold, comma_sheet, 3, 2, amounts)
 
-    tasks.append(TaskTemplate(
-        "crosssheet-comma-sheet", "crosssheet",
-        f"Using the orders in the sheet 'Orders', complete the sheet '{comma_sheet}': for each "
-        "region in A2:A5, put the number of orders in column B and the total Amount in column C.",
-        _area(comma_sheet, 2, 2, 3, 5), region_totals,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "crosssheet-comma-sheet",
+            "crosssheet",
+            f"Using the orders in the sheet 'Orders', complete the sheet '{comma_sheet}': for each "
+            "region in A2:A5, put the number of orders in column B and the total Amount in column C.",
+            _area(comma_sheet, 2, 2, 3, 5),
+            region_totals,
+        )
+    )
 
     def reconcile(rng):
         ledger = [["Reference", "Amount"]]
@@ -953,7 +1430,9 @@ def _crosssheet() -> list[TaskTemplate]:
             reference = f"TX-{3000 + index}"
             ledger.append([reference, amount])
             differs = rng.random() < 0.35
-            bank.append([reference, round(amount + rng.choice([-10, 5, 25]), 2) if differs else amount])
+            bank.append(
+                [reference, round(amount + rng.choice([-10, 5, 25]), 2) if differs else amount]
+            )
             flags.append("Mismatch" if differs else "Match")
         if "Mismatch" not in flags:
             bank[1][1] = round(bank[1][1] + 1, 2)
@@ -962,13 +1441,17 @@ def _crosssheet() -> list[TaskTemplate]:
         book = {"Ledger": ledger, "Bank": bank}
         return book, _fill_column(book, "Ledger", 3, 2, flags)
 
-    tasks.append(TaskTemplate(
-        "crosssheet-reconcile", "crosssheet",
-        "The sheets 'Ledger' and 'Bank' list the same references in the same order. In the "
-        "sheet 'Ledger', fill C2:C13 with Match when the Amount in 'Ledger' equals the Amount "
-        "in 'Bank' on the same row, and Mismatch otherwise.",
-        _area("Ledger", 3, 2, 3, 13), reconcile,
-    ))  # fmt: skip
+    tasks.append(
+        TaskTemplate(
+            "crosssheet-reconcile",
+            "crosssheet",
+            "The sheets 'Ledger' and 'Bank' list the same references in the same order. In the "
+            "sheet 'Ledger', fill C2:C13 with Match when the Amount in 'Ledger' equals the Amount "
+            "in 'Bank' on the same row, and Mismatch otherwise.",
+            _area("Ledger", 3, 2, 3, 13),
+            reconcile,
+        )
+    )
     return tasks
 
 
@@ -984,32 +1467,60 @@ def _percent() -> list[TaskTemplate]:
 
     def sales(rng, count):
         return [["Rep", "Last Year", "This Year"]] + [
-            [f"{f} {l}", old, new] for (f, l), old, new in
-            zip(_people(rng, count), _money(rng, 1000, 9000, count), _money(rng, 1000, 9000, count))
-        ]  # fmt: skip
+            [f"{f} {l}", old, new]
+            for (f, l), old, new in zip(
+                _people(rng, count), _money(rng, 1000, 9000, count), _money(rng, 1000, 9000, count)
+            )
+        ]
 
     return [
-        _new_column("percent", "share-of-total", lambda rng, c: [r[:4] for r in _expenses(rng, c)],
-                    "Expenses", "Share",
-                    lambda row, rows: row[3] / sum(_values(rows, "Amount")),
-                    "In the sheet '{sheet}', put in {col}2:{col}{last} each expense's share of "
-                    "the total Amount (column D) as a decimal fraction, e.g. 0.25 for a quarter.",
-                    n=n),
-        _new_column("percent", "rank", _grades, "Grades", "Math Rank",
-                    lambda row, rows: rank_desc(_values(rows, "Math")[: n], row[2]),
-                    "In the sheet '{sheet}', rank the students by Math score (column C): 1 for "
-                    "the highest score. Put the ranks in {col}2:{col}{last}; students with the "
-                    "same score share the better rank.", n=n),
-        _new_column("percent", "running-total", lambda rng, c: [r[:4] for r in _expenses(rng, c)],
-                    "Expenses", "Running Total", running,
-                    "In the sheet '{sheet}', put in {col}2:{col}{last} the running total of "
-                    "Amount (column D): each row's amount plus all amounts above it.", n=n),
-        _new_column("percent", "growth", sales, "Sales", "Growth",
-                    lambda row, rows: (row[2] - row[1]) / row[1],
-                    "The sheet '{sheet}' has each rep's sales last year (B) and this year (C). "
-                    "In {col}2:{col}{last}, put the growth as a decimal fraction: this year minus "
-                    "last year, divided by last year (0.1 means 10% growth).", n=n),
-    ]  # fmt: skip
+        _new_column(
+            "percent",
+            "share-of-total",
+            lambda rng, c: [r[:4] for r in _expenses(rng, c)],
+            "Expenses",
+            "Share",
+            lambda row, rows: row[3] / sum(_values(rows, "Amount")),
+            "In the sheet '{sheet}', put in {col}2:{col}{last} each expense's share of "
+            "the total Amount (column D) as a decimal fraction, e.g. 0.25 for a quarter.",
+            n=n,
+        ),
+        _new_column(
+            "percent",
+            "rank",
+            _grades,
+            "Grades",
+            "Math Rank",
+            lambda row, rows: rank_desc(_values(rows, "Math")[:n], row[2]),
+            "In the sheet '{sheet}', rank the students by Math score (column C): 1 for "
+            "the highest score. Put the ranks in {col}2:{col}{last}; students with the "
+            "same score share the better rank.",
+            n=n,
+        ),
+        _new_column(
+            "percent",
+            "running-total",
+            lambda rng, c: [r[:4] for r in _expenses(rng, c)],
+            "Expenses",
+            "Running Total",
+            running,
+            "In the sheet '{sheet}', put in {col}2:{col}{last} the running total of "
+            "Amount (column D): each row's amount plus all amounts above it.",
+            n=n,
+        ),
+        _new_column(
+            "percent",
+            "growth",
+            sales,
+            "Sales",
+            "Growth",
+            lambda row, rows: (row[2] - row[1]) / row[1],
+            "The sheet '{sheet}' has each rep's sales last year (B) and this year (C). "
+            "In {col}2:{col}{last}, put the growth as a decimal fraction: this year minus "
+            "last year, divided by last year (0.1 means 10% growth).",
+            n=n,
+        ),
+    ]
 
 
 def _logic() -> list[TaskTemplate]:
@@ -1019,30 +1530,51 @@ def _logic() -> list[TaskTemplate]:
         return "Gold" if amount >= 1500 else "Silver" if amount >= 500 else "Bronze"
 
     return [
-        _new_column("logic", "pass-fail", _grades, "Grades", "Result",
-                    lambda row, rows: "Pass" if (row[2] + row[3] + row[4]) / 3 >= 60 else "Fail",
-                    "In the sheet '{sheet}', write Pass in {col}2:{col}{last} when the average of "
-                    "the student's Math, Science and English scores (C to E) is 60 or more, and "
-                    "Fail otherwise.", n=n),
-        _new_column("logic", "overdue", _dates_due,
-                    "Invoices", "Status",
-                    lambda row, rows: "Overdue" if row[2] < dt.datetime(2024, 6, 1) else "Open",
-                    "The sheet '{sheet}' lists unpaid invoices with a due date in column C. In "
-                    "{col}2:{col}{last}, write Overdue when the due date is before 1 June 2024, "
-                    "and Open otherwise.", n=n),
-        _new_column("logic", "tiers", _orders, "Orders", "Tier",
-                    lambda row, rows: tier(row[5]),
-                    "In the sheet '{sheet}', classify each order by its Amount (column F) in "
-                    "{col}2:{col}{last}: Gold for 1500 or more, Silver for 500 up to 1500, "
-                    "Bronze below 500.", n=n),
-    ]  # fmt: skip
+        _new_column(
+            "logic",
+            "pass-fail",
+            _grades,
+            "Grades",
+            "Result",
+            lambda row, rows: "Pass" if (row[2] + row[3] + row[4]) / 3 >= 60 else "Fail",
+            "In the sheet '{sheet}', write Pass in {col}2:{col}{last} when the average of "
+            "the student's Math, Science and English scores (C to E) is 60 or more, and "
+            "Fail otherwise.",
+            n=n,
+        ),
+        _new_column(
+            "logic",
+            "overdue",
+            _dates_due,
+            "Invoices",
+            "Status",
+            lambda row, rows: "Overdue" if row[2] < dt.datetime(2024, 6, 1) else "Open",
+            "The sheet '{sheet}' lists unpaid invoices with a due date in column C. In "
+            "{col}2:{col}{last}, write Overdue when the due date is before 1 June 2024, "
+            "and Open otherwise.",
+            n=n,
+        ),
+        _new_column(
+            "logic",
+            "tiers",
+            _orders,
+            "Orders",
+            "Tier",
+            lambda row, rows: tier(row[5]),
+            "In the sheet '{sheet}', classify each order by its Amount (column F) in "
+            "{col}2:{col}{last}: Gold for 1500 or more, Silver for 500 up to 1500, "
+            "Bronze below 500.",
+            n=n,
+        ),
+    ]
 
 
 def _dates_due(rng: random.Random, count: int) -> Rows:
     rows = [["Invoice", "Customer", "Due Date"]]
     for index in range(count):
-        rows.append([f"INV-{900 + index}", rng.choice(VENDORS),
-                     _day(rng, dt.datetime(2024, 3, 1), 180)])  # fmt: skip
+        rows.append(
+            [f"INV-{900 + index}", rng.choice(VENDORS), _day(rng, dt.datetime(2024, 3, 1), 180)]
+        )
     return rows
 
 
@@ -1060,29 +1592,54 @@ def _filtering() -> list[TaskTemplate]:
         return build
 
     return [
-        _sheet_task("filtering", "region-west", "West Orders",
-                    copier("West Orders", lambda row: row[2] == "West"),
-                    f"Copy every order of the West region from the sheet 'Orders' (A1:F{n + 1}) "
-                    "to the empty sheet 'West Orders', starting at A1 with the same header row, "
-                    "in the original order and with no blank rows.", (6, n + 1)),
-        _sheet_task("filtering", "large-orders", "Large Orders",
-                    copier("Large Orders", lambda row: row[5] > 1000),
-                    f"Copy the orders with an Amount above 1000 from the sheet 'Orders' "
-                    f"(A1:F{n + 1}) to the empty sheet 'Large Orders', header row first in row 1, "
-                    "then the matching rows in their original order.", (6, n + 1)),
-        _sheet_task("filtering", "bulk-quantity", "Bulk",
-                    copier("Bulk", lambda row: row[4] >= 20),
-                    f"Copy the header and every order with a Qty of 20 or more from the sheet "
-                    f"'Orders' (A1:F{n + 1}) into the empty sheet 'Bulk', starting at A1, keeping "
-                    "the original order of the rows.", (6, n + 1)),
-    ]  # fmt: skip
+        _sheet_task(
+            "filtering",
+            "region-west",
+            "West Orders",
+            copier("West Orders", lambda row: row[2] == "West"),
+            f"Copy every order of the West region from the sheet 'Orders' (A1:F{n + 1}) "
+            "to the empty sheet 'West Orders', starting at A1 with the same header row, "
+            "in the original order and with no blank rows.",
+            (6, n + 1),
+        ),
+        _sheet_task(
+            "filtering",
+            "large-orders",
+            "Large Orders",
+            copier("Large Orders", lambda row: row[5] > 1000),
+            f"Copy the orders with an Amount above 1000 from the sheet 'Orders' "
+            f"(A1:F{n + 1}) to the empty sheet 'Large Orders', header row first in row 1, "
+            "then the matching rows in their original order.",
+            (6, n + 1),
+        ),
+        _sheet_task(
+            "filtering",
+            "bulk-quantity",
+            "Bulk",
+            copier("Bulk", lambda row: row[4] >= 20),
+            f"Copy the header and every order with a Qty of 20 or more from the sheet "
+            f"'Orders' (A1:F{n + 1}) into the empty sheet 'Bulk', starting at A1, keeping "
+            "the original order of the rows.",
+            (6, n + 1),
+        ),
+    ]
 
 
 def templates() -> list[TaskTemplate]:
     return [
-        *_totals(), *_conditional(), *_lookup(), *_text(), *_dates(), *_sorting(), *_dedup(),
-        *_filldown(), *_crosssheet(), *_percent(), *_logic(), *_filtering(),
-    ]  # fmt: skip
+        *_totals(),
+        *_conditional(),
+        *_lookup(),
+        *_text(),
+        *_dates(),
+        *_sorting(),
+        *_dedup(),
+        *_filldown(),
+        *_crosssheet(),
+        *_percent(),
+        *_logic(),
+        *_filtering(),
+    ]
 
 
 # --- writing -----------------------------------------------------------------------------------

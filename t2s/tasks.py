@@ -135,7 +135,9 @@ def get_task(suite: Suite, task_id: str) -> Task:
     for task in suite.tasks:
         if task.id == task_id:
             return task
-    raise TaskError(f"no task {task_id!r} in suite {suite.name!r}: see `t2s tasks list {suite.name}`")
+    raise TaskError(
+        f"no task {task_id!r} in suite {suite.name!r}: see `t2s tasks list {suite.name}`"
+    )
 
 
 def split_tasks(tasks: list[Task], which: str, ratio: float = 0.5) -> list[Task]:
@@ -161,7 +163,9 @@ def _read_dataset(dataset_path: Path) -> list[dict]:
     try:
         entries = json.loads(dataset_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TaskError(f"{dataset_path} is not valid JSON ({error}): fix or regenerate it") from None
+        raise TaskError(
+            f"{dataset_path} is not valid JSON ({error}): fix or regenerate it"
+        ) from None
     if not isinstance(entries, list):
         raise TaskError(f"{dataset_path} must hold a JSON list of tasks")
     return entries
@@ -176,7 +180,9 @@ def _task_from_entry(entry: object, index: int, suite_dir: Path, suite_name: str
             raise TaskError(f"{where} has no {key!r}")
     task_id = str(entry["id"])
     instruction_type = str(entry.get("instruction_type") or CELL_LEVEL)
-    kind = entry.get("kind") or ("sheet-level" if "sheet" in instruction_type.lower() else "cell-level")
+    kind = entry.get("kind") or (
+        "sheet-level" if "sheet" in instruction_type.lower() else "cell-level"
+    )
     folder = suite_dir / str(entry.get("spreadsheet_path") or f"spreadsheet/{task_id}")
     cases = _find_cases(folder, task_id)
     return Task(
@@ -251,7 +257,9 @@ def preview_workbook(path: Path, rows: int = 6, columns: int = 8) -> list[SheetP
                 list(values)
                 for values in sheet.iter_rows(max_row=rows, max_col=width, values_only=True)
             ]
-            previews.append(SheetPreview(sheet.title, sheet.max_row or 0, sheet.max_column or 0, shown))
+            previews.append(
+                SheetPreview(sheet.title, sheet.max_row or 0, sheet.max_column or 0, shown)
+            )
         return previews
     finally:
         workbook.close()

@@ -41,13 +41,15 @@ from t2s.tasks import CELL_LEVEL, SHEET_LEVEL, Task, TestCase
         ("\xa0'Sheet1'!A1\xa0:\xa0B2 ", [("Sheet1", 1, 1, 2, 2)]),
         ("A1: D2", [("S", 1, 1, 4, 2)]),
         ("Sheet1'!G2:I7", [("Sheet1", 7, 2, 9, 7)]),
-        ("'PL Recon Items!'A1:D2,'Statement Recon Items!'A1:J3",
-         [("PL Recon Items", 1, 1, 4, 2), ("Statement Recon Items", 1, 1, 10, 3)]),
+        (
+            "'PL Recon Items!'A1:D2,'Statement Recon Items!'A1:J3",
+            [("PL Recon Items", 1, 1, 4, 2), ("Statement Recon Items", 1, 1, 10, 3)],
+        ),
         ("'Sheet1'!BD2:308", [("Sheet1", 56, 2, 56, 308)]),
         ("c5:a1", [("S", 1, 1, 3, 5)]),
         ("Sheet 2!A1", [("Sheet 2", 1, 1, 1, 1)]),
     ],
-)  # fmt: skip
+)
 def test_parse_answer_position_traps(text, expected):
     assert parse_answer_position(text, "S") == [CellRange(*item) for item in expected]
 
@@ -170,13 +172,25 @@ def test_whole_row_range(tmp_path):
 
 def test_ranges_on_several_sheets_and_the_answer_sheet_default(tmp_path):
     cells = {"Out, 1!B2": 5, "Other!A1": "z"}
-    task = _task(tmp_path, "'Out, 1'!B2,A1", cells, answer_sheet="Other",
-                 sheet="Out, 1", extra_sheets=["Other"])  # fmt: skip
-    assert check_case(task, task.cases[0], _book(tmp_path / "ok.xlsx", cells, sheet="Out, 1",
-                                                 extra_sheets=["Other"])).passed  # fmt: skip
+    task = _task(
+        tmp_path,
+        "'Out, 1'!B2,A1",
+        cells,
+        answer_sheet="Other",
+        sheet="Out, 1",
+        extra_sheets=["Other"],
+    )
+    assert check_case(
+        task,
+        task.cases[0],
+        _book(tmp_path / "ok.xlsx", cells, sheet="Out, 1", extra_sheets=["Other"]),
+    ).passed
     wrong = {"Out, 1!B2": 5, "Other!A1": "q"}
-    result = check_case(task, task.cases[0], _book(tmp_path / "bad.xlsx", wrong, sheet="Out, 1",
-                                                   extra_sheets=["Other"]))  # fmt: skip
+    result = check_case(
+        task,
+        task.cases[0],
+        _book(tmp_path / "bad.xlsx", wrong, sheet="Out, 1", extra_sheets=["Other"]),
+    )
     assert [(m.sheet, m.cell) for m in result.mismatches] == [("Other", "A1")]
 
 

@@ -17,8 +17,17 @@ def test_suite_size_kinds_and_cases(bundled):
     assert len(bundled.tasks) >= 60
     kinds = bundled.kinds()
     assert len(kinds) >= 8
-    assert {"totals", "conditional", "lookup", "text", "dates", "sorting", "dedup", "filldown",
-            "crosssheet"} <= set(kinds)  # fmt: skip
+    assert {
+        "totals",
+        "conditional",
+        "lookup",
+        "text",
+        "dates",
+        "sorting",
+        "dedup",
+        "filldown",
+        "crosssheet",
+    } <= set(kinds)
     assert all(len(task.cases) == 3 for task in bundled.tasks)
     types = {task.instruction_type for task in bundled.tasks}
     assert types == {CELL_LEVEL, SHEET_LEVEL}
@@ -59,9 +68,17 @@ def test_cases_hold_different_answers(bundled):
             cells = []
             for area in parse_answer_position(task.answer_position, workbook.sheetnames[0]):
                 sheet = workbook[area.sheet]
-                cells += [value for row in sheet.iter_rows(
-                    min_row=area.min_row, max_row=area.max_row, min_col=area.min_col,
-                    max_col=area.max_col, values_only=True) for value in row]  # fmt: skip
+                cells += [
+                    value
+                    for row in sheet.iter_rows(
+                        min_row=area.min_row,
+                        max_row=area.max_row,
+                        min_col=area.min_col,
+                        max_col=area.max_col,
+                        values_only=True,
+                    )
+                    for value in row
+                ]
             answers.append(repr(cells))
         assert len(set(answers)) == 3, task.id
 

@@ -50,18 +50,25 @@ def test_three_namings_load(tmp_path):
         tmp_path / "suite",
         [
             _entry("multi", kind="totals"),
-            _entry("verified", instruction_type=SHEET_LEVEL, answer_sheet="Sheet1",
-                   data_position="A1:B3"),
+            _entry(
+                "verified",
+                instruction_type=SHEET_LEVEL,
+                answer_sheet="Sheet1",
+                data_position="A1:B3",
+            ),
             _entry("bare"),
-        ],  # fmt: skip
+        ],
         [
-            *(f"spreadsheet/multi/{n}_multi_{role}.xlsx" for n in (1, 2, 3)
-              for role in ("input", "answer")),
+            *(
+                f"spreadsheet/multi/{n}_multi_{role}.xlsx"
+                for n in (1, 2, 3)
+                for role in ("input", "answer")
+            ),
             "spreadsheet/verified/1_verified_init.xlsx",
             "spreadsheet/verified/1_verified_golden.xlsx",
             "spreadsheet/bare/initial.xlsx",
             "spreadsheet/bare/golden.xlsx",
-        ],  # fmt: skip
+        ],
     )
     suite = load_suite(root)
     assert suite.name == "suite" and suite.path == root
@@ -80,22 +87,34 @@ def test_three_namings_load(tmp_path):
 
 
 def test_workbooks_pair_by_case_number_despite_a_typo_in_the_id(tmp_path):
-    root = _suite(tmp_path / "s", [_entry("42930")],
-                  ["spreadsheet/42930/1_42930_init.xlsx", "spreadsheet/42930/1_43930_golden.xlsx"])
+    root = _suite(
+        tmp_path / "s",
+        [_entry("42930")],
+        ["spreadsheet/42930/1_42930_init.xlsx", "spreadsheet/42930/1_43930_golden.xlsx"],
+    )
     (case,) = load_suite(root).tasks[0].cases
     assert case.answer_path.name == "1_43930_golden.xlsx"
 
 
 def test_an_input_without_its_answer_is_not_a_case(tmp_path):
-    root = _suite(tmp_path / "s", [_entry("t")], [
-        "spreadsheet/t/1_t_input.xlsx", "spreadsheet/t/1_t_answer.xlsx",
-        "spreadsheet/t/2_t_input.xlsx"])  # fmt: skip
+    root = _suite(
+        tmp_path / "s",
+        [_entry("t")],
+        [
+            "spreadsheet/t/1_t_input.xlsx",
+            "spreadsheet/t/1_t_answer.xlsx",
+            "spreadsheet/t/2_t_input.xlsx",
+        ],
+    )
     assert [case.name for case in load_suite(root).tasks[0].cases] == ["1"]
 
 
 def test_spreadsheet_path_is_relative_to_the_suite(tmp_path):
-    root = _suite(tmp_path / "s", [_entry("t", spreadsheet_path="books/elsewhere")],
-                  ["books/elsewhere/initial.xlsx", "books/elsewhere/golden.xlsx"])
+    root = _suite(
+        tmp_path / "s",
+        [_entry("t", spreadsheet_path="books/elsewhere")],
+        ["books/elsewhere/initial.xlsx", "books/elsewhere/golden.xlsx"],
+    )
     assert load_suite(root).tasks[0].cases[0].input_path == root / "books/elsewhere/initial.xlsx"
 
 
@@ -109,13 +128,20 @@ def test_spreadsheet_path_is_relative_to_the_suite(tmp_path):
         (lambda root: _suite(root, [{"id": "t"}], []), "has no 'instruction'"),
         (lambda root: _suite(root, ["oops"], []), "is not a JSON object"),
         (lambda root: _suite(root, [_entry("t")], []), "folder .* is missing"),
-        (lambda root: _suite(root, [_entry("t")], ["spreadsheet/t/notes.xlsx"]),
-         "no input/answer workbook pair"),
-        (lambda root: _suite(root, [_entry("t"), _entry("t")],
-                             ["spreadsheet/t/initial.xlsx", "spreadsheet/t/golden.xlsx"]),
-         "appears twice"),
+        (
+            lambda root: _suite(root, [_entry("t")], ["spreadsheet/t/notes.xlsx"]),
+            "no input/answer workbook pair",
+        ),
+        (
+            lambda root: _suite(
+                root,
+                [_entry("t"), _entry("t")],
+                ["spreadsheet/t/initial.xlsx", "spreadsheet/t/golden.xlsx"],
+            ),
+            "appears twice",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_suites_give_one_line_task_errors(tmp_path, setup, message):
     root = tmp_path / "bad"
     setup(root)
@@ -188,10 +214,15 @@ def test_cli_tasks_list_splits_partition_the_suite():
     runner = CliRunner()
     ids = {}
     for which in ("train", "test"):
-        result = runner.invoke(main, ["tasks", "list", "bundled", "--split", which, "--ratio", "0.6"])
+        result = runner.invoke(
+            main, ["tasks", "list", "bundled", "--split", which, "--ratio", "0.6"]
+        )
         assert result.exit_code == 0, result.output
-        ids[which] = {line.split()[0] for line in result.output.splitlines()[1:] if line.strip()
-                      and not line.split()[0].isdigit()}  # fmt: skip
+        ids[which] = {
+            line.split()[0]
+            for line in result.output.splitlines()[1:]
+            if line.strip() and not line.split()[0].isdigit()
+        }
     assert ids["train"].isdisjoint(ids["test"])
     assert ids["train"] | ids["test"] == {task.id for task in load_suite("bundled").tasks}
 

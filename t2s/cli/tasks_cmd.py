@@ -44,8 +44,10 @@ def list_tasks(suite, split, ratio):
         counts[task.kind] = counts.get(task.kind, 0) + 1
         level = "sheet" if task.is_sheet_level else "cell"
         instruction = textwrap.shorten(task.instruction, 70, placeholder="...")
-        click.echo(f"{task.id:<{width}}  {task.kind:<{kind_width}}  {level:<5}  "
-                   f"{len(task.cases):>5}  {instruction}")  # fmt: skip
+        click.echo(
+            f"{task.id:<{width}}  {task.kind:<{kind_width}}  {level:<5}  "
+            f"{len(task.cases):>5}  {instruction}"
+        )
     by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items()))
     click.echo(f"\n{len(tasks)} tasks ({split} split of {len(loaded.tasks)}): {by_kind}")
 
