@@ -1,5 +1,7 @@
 import json
+import random
 import re
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -16,6 +18,8 @@ from t2s.patch import (
     patch_schema,
 )
 from t2s.skill import Skill, validate_skill
+
+STARTER = Path(__file__).resolve().parent.parent / "t2s" / "starter_skill"
 
 SKILL_MD = """---
 name: demo-skill
@@ -434,12 +438,10 @@ def test_partial_anchor_names_the_one_line_containing_it():
 def test_embedded_model_writes_a_patch_under_the_published_schema(embedded_model_path):
     """The schema compiles to a llama.cpp grammar, and whatever the model writes under it is
     either a Patch or a one-line PatchError; applying it never raises and stays valid."""
-    from pathlib import Path
-
     from t2s.models import resolve_model
     from t2s.models.base import ChatOptions
 
-    starter = Skill.from_dir(Path(__file__).resolve().parent.parent / "t2s" / "starter_skill")
+    starter = Skill.from_dir(STARTER)
     schema = patch_schema()
     # Left free, this tiny model writes no edit, or six identical ones: ask for exactly one.
     schema["properties"]["edits"].update(minItems=1, maxItems=1)
@@ -472,3 +474,27 @@ def test_file_pattern_in_the_grammar_but_bad_paths_refused_per_edit():
         {"op": "delete_file", "file": "../x.md"}, {"op": "delete_section", "section": "Checks"}]})
     result = apply_patch(demo(), patch)
     assert len(result.applied) == 1 and "is not allowed" in result.refused[0].reason
+
+
+def test_random_patches_never_raise_and_always_leave_a_valid_skill():
+    """Deterministic fuzzing: edits built from pieces of the skill and of hostile text."""
+    rng = random.Random(0)
+    starter = Skill.from_dir(STARTER)
+    source_lines = starter.files["SKILL.md"].splitlines()
+    titles = [s.title for s in starter.sections()] + ["Nope", "#", ""]
+    pieces = source_lines + ["", "<<<<<<< x", "=======", "[l](references/new.md)", "---",
+                             "name: other", "x\n" * 300, "## Workflow", "```", "../../etc"]
+    files = ["SKILL.md", "references/openpyxl-cheatsheet.md", "references/new.md", "../x.md",
+             "scripts/run.py", ""]
+    applied = 0
+    for _ in range(150):
+        edits = [Edit(rng.choice(OPS), rng.choices(files, [8, 2, 3, 1, 1, 1])[0],
+                      rng.choice(titles), rng.choice(pieces), rng.choice(pieces),
+                      rng.choice(pieces))
+                 for _ in range(rng.randint(0, 6))]
+        result = apply_patch(starter, Patch("r", [], edits))
+        assert validate_skill(result.skill, base=starter) == []
+        assert len(result.applied) + len(result.refused) == len(edits)
+        assert result.rejected == (not result.applied or result.skill == starter)
+        applied += len(result.applied)
+    assert applied > 50  # the fuzzing reaches the editing code, not only the refusals
