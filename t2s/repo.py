@@ -688,8 +688,7 @@ class SkillsRepo:
             ["git", *args], cwd=self.path, input=text, capture_output=True, text=True, check=False
         )
         if process.returncode != 0:
-            reason = (process.stderr.strip().splitlines() or ["git failed"])[-1]
-            raise RepoError(f"{what}: {reason.removeprefix('fatal: ')}")
+            raise RepoError(f"{what}: {_git_reason(process.stderr)}")
         return process.stdout
 
     # -- notes -------------------------------------------------------------------------------
@@ -835,8 +834,7 @@ class SkillsRepo:
             env=env,
         )
         if status not in (0, 1):
-            reason = (stderr.strip().splitlines() or ["git merge-tree failed"])[-1]
-            raise RepoError(f"cannot merge {a} and {b}: {reason.removeprefix('fatal: ')}")
+            raise RepoError(f"cannot merge {a} and {b}: {_git_reason(stderr)}")
         fields = stdout.split("\0")
         end = fields.index("", 1) if "" in fields[1:] else len(fields)
         conflicted = list(dict.fromkeys(fields[1:end]))
@@ -961,8 +959,7 @@ class SkillsRepo:
                         f"push to {remote} rejected ({'; '.join(rejected)}): run `t2s pull {remote}` "
                         "first"
                     )
-                reason = (stderr.strip().splitlines() or ["git push failed"])[-1]
-                raise RepoError(f"cannot push to {remote}: {reason.removeprefix('fatal: ')}")
+                raise RepoError(f"cannot push to {remote}: {_git_reason(stderr)}")
             return SyncResult(remote, updates)
 
     def pull(self, remote: str = "origin") -> SyncResult:
@@ -995,13 +992,23 @@ class SkillsRepo:
         return "url-" + hashlib.sha1(remote.encode()).hexdigest()[:8]
 
     def _fetch(self, remote: str, refspecs: list[str]) -> None:
-        status, _stdout, stderr = self.repo.git.fetch(
-            "--no-tags", "--quiet", remote, *refspecs,
-            with_extended_output=True, with_exceptions=False,
+        """Fetch `refspecs`, leaving out exact refs the remote lacks (a fresh remote has no
+        notes yet), which git would otherwise refuse."""
+        status, listing, stderr = self.repo.git.ls_remote(
+            remote, with_extended_output=True, with_exceptions=False
         )
+        if status == 0:
+            present = {line.split("\t", 1)[1] for line in listing.splitlines() if "\t" in line}
+            refspecs = [spec for spec in refspecs
+                        if "*" in spec or spec.lstrip("+").split(":", 1)[0] in present]
+            if not refspecs:
+                return
+            status, _stdout, stderr = self.repo.git.fetch(
+                "--no-tags", "--quiet", remote, *refspecs,
+                with_extended_output=True, with_exceptions=False,
+            )
         if status != 0:
-            reason = (stderr.strip().splitlines() or ["git fetch failed"])[-1]
-            raise RepoError(f"cannot fetch from {remote}: {reason.removeprefix('fatal: ')}")
+            raise RepoError(f"cannot fetch from {remote}: {_git_reason(stderr)}")
 
     def _adopt_results(self, tracking: str) -> list[str]:
         """Create local result branches for fetched ones we lack, fast-forward ones we have."""
@@ -1078,10 +1085,7 @@ class SkillsRepo:
             try:
                 cloned = git.Repo.clone_from(url, staging, branch=MAIN)
             except git.GitCommandError as error:
-                reason = (str(error.stderr).strip().splitlines() or ["git clone failed"])[-1]
-                raise RepoError(
-                    f"cannot clone {url}: {reason.strip().strip(chr(39)).removeprefix('fatal: ')}"
-                ) from None
+                raise RepoError(f"cannot clone {url}: {_git_reason(str(error.stderr))}") from None
             repo = cls(cloned)
             if not repo._main_has_t2s_attributes():
                 raise RepoError(f"{url} is not a t2s skills repository (no t2s merge driver on main)")
@@ -1135,6 +1139,17 @@ def _initial_skill(from_dir: Path | str | None) -> tuple[Skill, dict[str, str], 
         f"from {source.resolve().name} (deepening mode)"
     )
     return skill, modes, origin
+
+
+def _git_reason(stderr: str) -> str:
+    """The line of git's stderr that says what went wrong (its first fatal/error line)."""
+    lines = [line.strip().strip("'").strip() for line in stderr.splitlines()]
+    lines = [line.removeprefix("stderr:").strip() for line in lines if line]
+    for line in lines:
+        for prefix in ("fatal: ", "error: "):
+            if line.startswith(prefix):
+                return line.removeprefix(prefix)
+    return lines[-1] if lines else "git failed"
 
 
 def _merge_messages(fields: list[str]) -> list[str]:

@@ -209,3 +209,30 @@ def test_cli_push_pull_clone(shared, tmp_path):
     assert pulled.exit_code == 0 and "main: fast-forwarded" in pulled.output
     again = runner.invoke(main, ["clone", str(bare), str(tmp_path / "dave")])
     assert again.exit_code == 1 and "not empty" in again.output
+
+
+def test_a_fresh_remote_without_notes_or_results(tmp_path):
+    skill = tmp_path / "skill"
+    skill.mkdir()
+    (skill / "SKILL.md").write_text(SKILL_MD)
+    repo = SkillsRepo.init(tmp_path / "fresh", from_dir=skill)
+    bare = tmp_path / "fresh.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    assert repo.push(str(bare)).updates == ["main: [new branch]"]
+    assert repo.pull(str(bare)).updates == ["main: up to date"]
+    copy = SkillsRepo.clone(str(bare), tmp_path / "copy")
+    assert copy.resolve("main") == repo.resolve("main")
+    assert copy.branches("t2s/") == {} and copy.read_note("main") is None
+
+
+def test_empty_or_missing_remotes_are_clear_errors(shared, tmp_path):
+    alice, *_ = shared
+    empty = tmp_path / "empty.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(empty))
+    with pytest.raises(RepoError, match="has no main branch: it is not a t2s skills repository"):
+        alice.pull(str(empty))
+    with pytest.raises(RepoError, match="cannot clone .*Remote branch main not found"):
+        SkillsRepo.clone(str(empty), tmp_path / "copy")
+    with pytest.raises(RepoError, match="cannot fetch from .*does not appear to be a git repo"):
+        alice.pull(str(tmp_path / "nowhere"))
+    assert not (tmp_path / "copy").exists()
