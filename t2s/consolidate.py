@@ -1135,7 +1135,6 @@ def _finish_node(context: _Context, job: _Job, final: bool) -> NodeRecord:
             )
         except OperatorFailed as failure:
             fallback = str(failure)
-            notes.append(f"fell back to the rules result: {failure}")
         else:
             skill, moved, dropped = guarded.skill, [], {}
             operator_lessons = [lesson for lesson in patch.lessons if lesson.strip()]
