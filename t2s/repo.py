@@ -64,6 +64,7 @@ STARTER_SKILL_DIR = Path(__file__).resolve().parent / "starter_skill"
 
 _TRAILER_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _FIELD = "\x1f"
 # Field order of the `git log` format that CommitInfo is parsed from.
 _LOG_FORMAT = _FIELD.join(
@@ -186,11 +187,21 @@ class SyncResult:
 
 
 def patch_branch_name(run_id: str, n: int) -> str:
-    return f"t2s/{run_id}/patch/{n}"
+    return f"t2s/{check_run_id(run_id)}/patch/{n}"
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` if it can be one component of a branch name; else RepoError."""
+    if not _RUN_ID.match(run_id) or ".." in run_id or run_id.endswith(".lock"):
+        raise RepoError(
+            f"run id {run_id!r} cannot be part of a branch name: use letters, digits, "
+            "'.', '_' and '-' (not starting with '.')"
+        )
+    return run_id
 
 
 def result_branch_name(run_id: str) -> str:
-    return f"t2s/{run_id}/result"
+    return f"t2s/{check_run_id(run_id)}/result"
 
 
 def format_trailers(trailers: Iterable[tuple[str, object]]) -> str:
@@ -332,6 +343,9 @@ class SkillsRepo:
                     "repository: give another path"
                 )
             # A plain `git clone` carries .gitattributes but not the merge-driver config.
+            repo.install_config()
+        elif not _interpreter_exists(config.get_value(f'merge "{MERGE_DRIVER}"', "driver", "")):
+            # The interpreter the driver was registered with is gone (a rebuilt venv).
             repo.install_config()
         return repo
 
@@ -1106,6 +1120,14 @@ class SkillsRepo:
 
 
 # -- module helpers ------------------------------------------------------------------------
+
+
+def _interpreter_exists(driver: str) -> bool:
+    try:
+        words = shlex.split(str(driver))
+    except ValueError:
+        return False
+    return bool(words) and Path(words[0]).exists()
 
 
 def _existing_repo(target: Path) -> git.Repo | None:

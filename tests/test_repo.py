@@ -583,3 +583,17 @@ def test_log_lists_merges_and_patches_with_trailers_and_notes(repo):
     assert by_sha[a].note == "Task task-1 failed; fixed by X.\n"
     assert by_sha[a].subject == "Lesson number 1"
     assert repo.log(["t2s/l/result"], first_parent=True)[1].sha == base
+
+
+def test_run_ids_that_cannot_name_a_branch_are_refused(repo):
+    base = repo.resolve("main")
+    for bad in ("two words", "a/b", "..", ".hidden", "x.lock", ""):
+        with pytest.raises(RepoError, match="cannot be part of a branch name"):
+            repo.create_patch_branch(bad, 1, base, repo.read_skill(), patch_commit())
+    assert set(repo.branches()) == {"main"}
+
+
+def test_open_re_registers_a_driver_whose_interpreter_is_gone(repo):
+    git(repo.path, "config", "merge.t2s-skill.driver", "/gone/venv/bin/python -m t2s.mergedriver")
+    SkillsRepo.open(repo.path)
+    assert git(repo.path, "config", "merge.t2s-skill.driver").startswith(sys.executable)
