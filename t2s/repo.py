@@ -871,7 +871,7 @@ class SkillsRepo:
         paths: Iterable[str] = (),
     ) -> list[CommitInfo]:
         """Commits reachable from `refs`, newest first (`walk=False`: just those commits)."""
-        revisions = [self.resolve(ref) for ref in refs]
+        revisions = [self.resolve_patch(ref) for ref in refs]
         if not revisions:
             return []
         options = ["-z", f"--format={_LOG_FORMAT}", f"--notes={NOTES_REF}"]
@@ -887,7 +887,7 @@ class SkillsRepo:
     def blame(self, ref: str, path: str) -> list[BlameLine]:
         """Each line of `path` at `ref` with the commit that introduced it (through merges)
         and every patch commit that proposed the same line."""
-        sha = self.resolve(ref)
+        sha = self.resolve_patch(ref)
         if path not in self.tree_entries(sha):
             raise RepoError(f"{ref} has no file {path}")
         output = self.repo.git.blame("--porcelain", sha, "--", path, strip_newline_in_stdout=False)
@@ -938,7 +938,7 @@ class SkillsRepo:
     def diff(self, a: str, b: str, stat: bool = False) -> str:
         """The skill's diff between two revisions."""
         options = ["--stat"] if stat else ["--patch"]
-        return self.repo.git.diff(*options, self.resolve(a), self.resolve(b), "--")
+        return self.repo.git.diff(*options, self.resolve_patch(a), self.resolve_patch(b), "--")
 
     def show_diff(self, ref: str) -> str:
         """The diff a commit made against its first parent (empty for a root commit)."""

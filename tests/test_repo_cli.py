@@ -173,6 +173,8 @@ def test_diff_between_two_refs(repo_with_history):
     assert "+- Save as .xlsx." in result.output and "+- Check headers." in result.output
     stat = run("diff", "main", "t2s/r1/result", "--stat", "--repo", repo.path)
     assert "SKILL.md | 2 ++" in stat.output
+    shorthand = run("diff", "main", "r1/2", "--repo", repo.path)
+    assert "+- Check headers." in shorthand.output and "Save as" not in shorthand.output
 
 
 def test_bad_input_is_one_error_line(repo_with_history, tmp_path):

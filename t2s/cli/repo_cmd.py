@@ -165,7 +165,7 @@ def show(patch, repo_path):
 @click.option("--stat", is_flag=True, help="Only which files changed and how much.")
 @repo_option
 def diff(a, b, stat, repo_path):
-    """The skill's diff between two revisions A and B."""
+    """The skill's diff between two revisions A and B (branches, shas or RUN/N patches)."""
     click.echo(SkillsRepo.open(repo_path).diff(a, b, stat=stat))
 
 
