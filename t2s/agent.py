@@ -20,6 +20,7 @@ from typing import Any
 
 from openpyxl import load_workbook
 from openpyxl.utils.cell import coordinate_from_string, range_boundaries
+from openpyxl.utils.exceptions import CellCoordinatesException
 
 from t2s.checker import check_task
 from t2s.errors import T2SError
@@ -41,8 +42,7 @@ CHANGING_TOOLS = ("write_cells", "run_python")
 
 ROLE = """You are a spreadsheet agent. You edit the workbook `workbook.xlsx` in your working \
 folder so that it answers the user's instruction. You act through tools, one JSON step per turn:
-{"thought": "<short reasoning>", "section": "<the SKILL.md section that guided this step, or \
-empty>", "tool": "<tool name>", "args": {...}}
+{"thought": "<short reasoning>", "section": {section}, "tool": "<tool name>", "args": {...}}
 
 Rules:
 - Put the answer exactly at the answer position; leave everything else as it is.
@@ -171,7 +171,7 @@ class Workspace:
             sheet = _sheet(workbook, sheet_name)
             try:
                 coordinate_from_string(coordinate.replace("$", ""))
-            except ValueError:
+            except (ValueError, CellCoordinatesException):
                 raise ToolFailure(f"{key!r} is not a single cell like B7") from None
             sheet[coordinate.replace("$", "")] = value
             written.append(f"{sheet.title}!{coordinate}")
@@ -325,11 +325,7 @@ def _tools(
         return run
 
     def open_reference(args: dict) -> str:
-        name = (
-            args["name"] if args["name"].startswith("references/") else f"references/{args['name']}"
-        )
-        if name not in skill.files:
-            raise ToolFailure(f"no reference {name!r}; the skill has: {', '.join(references)}")
+        name = args["name"]  # one of `references`: the schema's enum
         if name not in opened:
             opened.append(name)
         return skill.files[name]
@@ -423,7 +419,8 @@ def _tools(
 def _messages(
     task: Task, skill: Skill | None, references: list[str], tools: list[Tool]
 ) -> list[dict]:
-    system = ROLE.replace("{tools}", describe_tools(tools))
+    section = '"<the SKILL.md section that guided this step, or empty>"' if skill else '""'
+    system = ROLE.replace("{section}", section).replace("{tools}", describe_tools(tools))
     if skill is not None:
         system += (
             f"\n\nYour skill ({SKILL_FILE}) follows.\n\n{skill.files.get(SKILL_FILE, '').strip()}"

@@ -28,15 +28,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CODE_FILE = "_t2s_step.py"
+CODE_NAME = "step.py"  # what tracebacks call the code
 OUTPUT_CHARS = 20_000  # of stdout and of stderr kept for the caller
 _SANDBOX_UID_BASE = 1_900_000_000  # far above any uid a system hands out to people
 
 # Runs first in the child: set the limits, drop privileges when asked, then run the code as
 # __main__. It is passed with -c so nothing of it lands in the working directory.
 _BOOTSTRAP = r"""
-import json, os, resource, sys
+import json, linecache, os, resource, sys, traceback
 _p = json.loads(sys.argv[1])
+with open(_p["script"], encoding="utf-8") as _f:
+    _source = _f.read()
+linecache.cache[_p["name"]] = (len(_source), None, _source.splitlines(True), _p["name"])
+def _hook(kind, value, tb):
+    while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
+        tb = tb.tb_next  # this bootstrap is not the model's concern
+    traceback.print_exception(kind, value, tb)
+sys.excepthook = _hook
 for _name, _value in _p["rlimits"].items():
     resource.setrlimit(getattr(resource, _name), (_value, _value if _name != "RLIMIT_CPU" else _value + 1))
 if _p["uid"] is not None:
@@ -57,12 +65,9 @@ if _p["uid"] is not None:
     if _libc.capset(ctypes.byref(_Header(0x20080522, 0)), _data) != 0:
         raise SystemExit("sandbox: capset failed")
     resource.setrlimit(resource.RLIMIT_NPROC, (_p["processes"], _p["processes"]))
-    del ctypes, _libc, _Header, _Data, _keep, _data
-sys.argv = [_p["script"]]
-with open(_p["script"], encoding="utf-8") as _f:
-    _code = compile(_f.read(), _p["script"], "exec")
-del _p, _name, _value, _f, json, os, resource
-exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
+sys.argv = [_p["name"]]
+_code = compile(_source, _p["name"], "exec")
+exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})  # fresh globals
 """
 
 
@@ -109,26 +114,21 @@ def run_python(
 ) -> SandboxResult:
     """Run `code` with `workdir` as its working directory, HOME and TMPDIR.
 
-    `files_in` maps file names to paths copied into `workdir` first. The code file itself is
-    removed afterwards, so the directory holds only what the code left there.
+    `files_in` maps file names to paths copied into `workdir` first. The code itself is kept
+    outside `workdir`, so the directory holds only the files and what the code leaves there.
     """
     limits = limits or SandboxLimits()
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for name, source in (files_in or {}).items():
         shutil.copyfile(source, workdir / name)
-    script = workdir / CODE_FILE
-    script.write_text(code, encoding="utf-8")
     uid = _sandbox_uid()
     if uid is not None:
         _give_to(workdir, uid)
-    try:
-        return _run(workdir, limits, uid)
-    finally:
-        script.unlink(missing_ok=True)
+    return _run(code, workdir, limits, uid)
 
 
-def _run(workdir: Path, limits: SandboxLimits, uid: int | None) -> SandboxResult:
+def _run(code: str, workdir: Path, limits: SandboxLimits, uid: int | None) -> SandboxResult:
     cpu = limits.cpu_seconds if limits.cpu_seconds is not None else limits.seconds
     rlimits = {
         "RLIMIT_AS": limits.memory_mb * 1024 * 1024,
@@ -141,7 +141,6 @@ def _run(workdir: Path, limits: SandboxLimits, uid: int | None) -> SandboxResult
         # RLIMIT_NPROC counts every process of the user, not just ours.
         processes += _processes_of(os.getuid())
         rlimits["RLIMIT_NPROC"] = processes
-    params = {"rlimits": rlimits, "uid": uid, "processes": processes, "script": CODE_FILE}
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": str(workdir),
@@ -152,6 +151,15 @@ def _run(workdir: Path, limits: SandboxLimits, uid: int | None) -> SandboxResult
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="t2s-sandbox-io-") as io_dir:
         out_path, err_path = Path(io_dir) / "stdout", Path(io_dir) / "stderr"
+        script = Path(io_dir) / CODE_NAME
+        script.write_text(code, encoding="utf-8")
+        params = {
+            "rlimits": rlimits,
+            "uid": uid,
+            "processes": processes,
+            "script": str(script),
+            "name": CODE_NAME,
+        }
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
                 process = subprocess.Popen(
@@ -285,9 +293,9 @@ def _probe_uid_isolation() -> bool:
     probe = Path(tempfile.mkdtemp(prefix="t2s-sandbox-probe-"))
     try:
         uid = _SANDBOX_UID_BASE + secrets.randbelow(1 << 24)
-        (probe / CODE_FILE).write_text("import os, xml.dom.minidom\nprint(os.getuid())\n")
         _give_to(probe, uid)
-        result = _run(probe, SandboxLimits(seconds=30), uid)
+        code = "import os, xml.dom.minidom\nprint(os.getuid())\n"
+        result = _run(code, probe, SandboxLimits(seconds=30), uid)
         return result.ok and result.stdout.strip() == str(uid)
     except OSError:
         return False

@@ -1,0 +1,173 @@
+"""The sandbox: whatever the code does, the caller gets a result with a reason and goes on."""
+
+import os
+import time
+
+import pytest
+
+from t2s import sandbox
+from t2s.sandbox import SandboxLimits, run_python
+
+FAST = SandboxLimits(seconds=3, memory_mb=512, file_mb=5, processes=16)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "input.txt").write_text("data\n")
+    return folder
+
+
+def test_normal_code_runs_in_the_workdir_and_its_output_is_captured(workdir):
+    code = (
+        "import os, sys\n"
+        "print(open('input.txt').read().strip(), os.getcwd(), os.listdir('.'))\n"
+        "print('e', file=sys.stderr)"
+    )
+    result = run_python(code, workdir, FAST)
+    assert result.ok and result.returncode == 0 and result.reason == ""
+    assert result.stdout.split() == ["data", str(workdir.resolve()), "['input.txt']"]
+    assert result.stderr.strip() == "e"
+    assert sorted(os.listdir(workdir)) == ["input.txt"]
+
+
+def test_files_written_by_the_code_stay_and_files_in_are_copied(workdir, tmp_path):
+    source = tmp_path / "book.bin"
+    source.write_bytes(b"xyz")
+    code = "open('out.txt', 'w').write(open('book.bin', 'rb').read().decode() * 2)"
+    result = run_python(code, workdir, FAST, files_in={"book.bin": source})
+    assert result.ok, result.reason
+    assert (workdir / "out.txt").read_text() == "xyzxyz"
+
+
+def test_environment_is_minimal(workdir, monkeypatch):
+    monkeypatch.setenv("T2S_SECRET_TOKEN", "hunter2")
+    code = "import os, json\nprint(json.dumps(dict(os.environ)))"
+    result = run_python(code, workdir, FAST)
+    assert result.ok
+    assert "hunter2" not in result.stdout
+    assert f'"HOME": "{workdir.resolve()}"' in result.stdout
+
+
+def test_infinite_loop_times_out(workdir):
+    started = time.monotonic()
+    result = run_python("while True:\n    pass\n", workdir, SandboxLimits(seconds=1.5))
+    assert not result.ok
+    assert result.reason.startswith("timed out after")
+    assert time.monotonic() - started < 10
+
+
+def test_sleeping_code_is_killed_at_the_wall_clock_limit(workdir):
+    result = run_python("import time\ntime.sleep(60)", workdir, SandboxLimits(seconds=1))
+    assert not result.ok and result.reason == "timed out after 1s"
+
+
+def test_huge_allocation_hits_the_memory_limit(workdir):
+    result = run_python("x = bytearray(4 * 1024 ** 3)", workdir, FAST)
+    assert not result.ok
+    assert result.reason == "memory limit exceeded (512 MB)"
+
+
+def test_huge_file_hits_the_file_size_limit(workdir):
+    code = "with open('big.bin', 'wb') as f:\n    f.write(b'x' * 20 * 1024 * 1024)"
+    result = run_python(code, workdir, FAST)
+    assert not result.ok
+    assert result.reason == "output file too large (limit 5 MB)"
+    assert (workdir / "big.bin").stat().st_size <= 5 * 1024 * 1024
+
+
+def test_flood_of_output_is_truncated(workdir):
+    result = run_python("for i in range(200000):\n    print(i)", workdir, FAST)
+    assert result.ok
+    assert len(result.stdout) < sandbox.OUTPUT_CHARS + 200
+    assert "bytes cut" in result.stdout
+    assert result.stdout.rstrip().endswith("199999")  # the end is kept too
+
+
+def test_fork_bomb_is_contained(workdir):
+    code = "import os\nwhile True:\n    os.fork()\n"
+    started = time.monotonic()
+    result = run_python(code, workdir, SandboxLimits(seconds=3, processes=16))
+    assert not result.ok
+    assert result.reason.startswith(("process limit reached", "timed out"))
+    assert time.monotonic() - started < 15
+    # The caller can still start processes, and the sandbox left none behind.
+    after = run_python("print('alive')", workdir, FAST)
+    assert after.ok and after.stdout.strip() == "alive"
+
+
+def test_processes_that_escape_the_session_are_killed(workdir, tmp_path):
+    marker = workdir / "still-running"
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    time.sleep(2)\n"
+        "    open('still-running', 'w').write('yes')\n"
+        "    os._exit(0)\n"
+        "print('parent exits')\n"
+    )
+    result = run_python(code, workdir, FAST)
+    assert result.ok
+    time.sleep(3)
+    if sandbox._sandbox_uid() is None:
+        pytest.skip("not root: escaped sessions are only cleaned up under a sandbox uid")
+    assert not marker.exists()
+
+
+def test_syntax_error_and_exceptions_give_the_last_line(workdir):
+    result = run_python("def broken(:\n    pass", workdir, FAST)
+    assert not result.ok and result.reason.startswith("SyntaxError")
+    result = run_python("x = 1\ny = x / 0", workdir, FAST)
+    assert result.reason == "ZeroDivisionError: division by zero"
+    # The traceback points into the model's code, with its source line, and nowhere else.
+    assert 'File "step.py", line 2' in result.stderr and "y = x / 0" in result.stderr
+    assert result.stderr.count("File ") == 1
+    result = run_python("import sys\nsys.exit(3)", workdir, FAST)
+    assert result.reason == "exit code 3" and result.returncode == 3
+
+
+def test_killed_by_a_signal(workdir):
+    result = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)", workdir, FAST)
+    assert not result.ok and result.reason == "killed by signal 15 (SIGTERM)"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="write protection outside the workdir needs root")
+def test_files_of_the_caller_cannot_be_changed_or_deleted(workdir, tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    gold = tmp_path / "gold.xlsx"
+    gold.write_bytes(b"gold")
+    code = (
+        "import os\n"
+        "for action in (\n"
+        f"    lambda: open({str(precious)!r}, 'w').write('gone'),\n"
+        f"    lambda: os.remove({str(precious)!r}),\n"
+        f"    lambda: os.remove({str(gold)!r}),\n"
+        f"    lambda: open({str(tmp_path / 'new.txt')!r}, 'w').write('x'),\n"
+        "    lambda: os.rmdir('..'),\n"
+        "):\n"
+        "    try:\n"
+        "        action()\n"
+        "        print('done')\n"
+        "    except OSError as e:\n"
+        "        print('refused', type(e).__name__)\n"
+        "os.remove('input.txt')\n"
+    )
+    result = run_python(code, workdir, FAST)
+    assert result.ok, result.reason
+    assert "done" not in result.stdout
+    assert precious.read_text() == "keep me" and gold.read_bytes() == b"gold"
+    assert not (tmp_path / "new.txt").exists()
+    assert not (workdir / "input.txt").exists()  # its own folder is its to change
+
+
+def test_a_missing_workdir_is_created(tmp_path):
+    result = run_python("print(1)", tmp_path / "new" / "dir", FAST)
+    assert result.ok and result.stdout.strip() == "1"
+
+
+def test_limits_round_trip():
+    limits = SandboxLimits(seconds=5, memory_mb=256, cpu_seconds=3, file_mb=1, processes=8)
+    assert SandboxLimits.from_dict(limits.to_dict()) == limits
