@@ -598,10 +598,10 @@ class SkillsRepo:
             try:
                 author = self.repo.git.var("GIT_AUTHOR_IDENT")
                 committer = self.repo.git.var("GIT_COMMITTER_IDENT")
-            except git.GitCommandError:
+            except git.GitCommandError as error:
                 raise RepoError(
-                    "git does not know who you are: set user.name and user.email "
-                    "(git config --global user.name ...)"
+                    f"git cannot name the commit author ({_git_reason(str(error.stderr))}): set "
+                    "user.name and user.email (git config --global user.name ...)"
                 ) from None
             self._ident = (author, committer)
         ident = self._ident[0 if role == "AUTHOR" else 1]

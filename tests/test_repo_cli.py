@@ -102,6 +102,25 @@ def test_init_refuses_an_invalid_skill(tmp_path):
     assert not (tmp_path / "repo").exists()
 
 
+def test_init_from_a_path_that_is_not_a_skill(tmp_path):
+    result = run("init", tmp_path / "repo", "--from", tmp_path / "missing")
+    assert result.exit_code == 1 and "is not a directory" in result.output
+    (tmp_path / "plain").mkdir()
+    result = run("init", tmp_path / "repo", "--from", tmp_path / "plain")
+    assert result.exit_code == 1 and "has no SKILL.md" in result.output
+    assert not (tmp_path / "repo").exists()
+
+
+def test_commits_need_an_identity(tmp_path, skill_dir, monkeypatch):
+    for variable in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                     "GIT_COMMITTER_EMAIL"):
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "not a date")
+    result = run("init", tmp_path / "repo", "--from", skill_dir)
+    assert result.exit_code == 1 and "cannot name the commit author" in result.output
+    assert not (tmp_path / "repo").exists()
+
+
 def test_log_shows_merges_lessons_support_and_patches(repo_with_history):
     repo, base, shas, merge = repo_with_history
     result = run("log", "--repo", repo.path)
