@@ -6,9 +6,10 @@ commit on the base it was proposed against; consolidation writes merge commits; 
 commits as notes under `refs/notes/t2s`.
 
 Patch branches are written without a work tree or an index: blobs, trees and commits go straight
-into the object database (GitPython's loose-object writer), and refs move last, in one
-`git update-ref --stdin` transaction. An interrupted write therefore leaves at most unreferenced
-objects, never a half-made branch.
+into the object database (gitdb's in-process loose-object writer, which GitPython is built on;
+its own `store` spawns `git hash-object` per object: ~4.6 ms against ~0.6 ms, measured), and
+refs move last, in one `git update-ref --stdin` transaction. An interrupted write therefore
+leaves at most unreferenced objects, never a half-made branch.
 """
 
 from __future__ import annotations
