@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -441,6 +442,27 @@ def test_a_busy_lock_names_its_holder_then_frees(repo, tmp_path):
     assert holder.wait(20) == 0
     with repo.lock(timeout=1), repo.lock(timeout=0):  # re-entrant within one process
         pass
+
+
+def test_the_lock_is_held_by_the_process_not_the_instance_or_thread(repo):
+    other = SkillsRepo.open(repo.path)
+    entered = []
+    with repo.lock(timeout=0):
+        with other.lock(timeout=0):
+            entered.append("other instance")
+        thread_repo = SkillsRepo.open(repo.path)
+
+        def in_thread():
+            with thread_repo.lock(timeout=0):
+                entered.append("thread")
+
+        worker = threading.Thread(target=in_thread)
+        worker.start()
+        worker.join()
+    assert entered == ["other instance", "thread"]
+    # Released for real: another process can take it now.
+    probe = subprocess.run(["flock", "-n", str(repo.git_dir / "t2s-lock"), "true"], check=False)
+    assert probe.returncode == 0
 
 
 def test_lock_timeout_from_the_environment(repo, monkeypatch):
