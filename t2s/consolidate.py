@@ -159,6 +159,7 @@ class NodeRecord:
     operator: str = ""  # model name, or "" for rules only
     fallback: str = ""  # why the operator's answer was not used
     notes: list[str] = field(default_factory=list)
+    final: bool = False  # built as the last level (prevalence applied)
     reused: bool = False
 
     @property
@@ -172,6 +173,7 @@ class NodeRecord:
             "lessons": {key: lesson.to_dict() for key, lesson in self.lessons.items()},
             "kept": list(self.kept), "moved": list(self.moved), "dropped": dict(self.dropped),
             "operator": self.operator, "fallback": self.fallback, "notes": list(self.notes),
+            "final": self.final,
         }
 
     @classmethod
@@ -182,6 +184,7 @@ class NodeRecord:
             {key: Lesson.from_dict(value) for key, value in data["lessons"].items()},
             list(data["kept"]), list(data.get("moved", [])), dict(data.get("dropped", {})),
             data.get("operator", ""), data.get("fallback", ""), list(data.get("notes", [])),
+            bool(data.get("final", False)),
         )
 
 
@@ -937,8 +940,10 @@ def _build_tree(
                 for index, group in enumerate(groups):
                     ref = f"t2s/{run_id}/merge/{level}/{index}"
                     old = existing.get(ref)
-                    if old and existing_parents.get(old) == group:
-                        record = _record_of(context, old)
+                    record = _record_of(context, old) if old and \
+                        existing_parents.get(old) == group else None
+                    # a node filtered for prevalence as the last level is no intermediate node
+                    if record is not None and record.final == final:
                         record.level, record.index, record.parents = level, index, list(group)
                         record.reused = True
                         records.append(record)
@@ -1043,7 +1048,9 @@ def _rebuilt_record(context: _Context, sha: str) -> NodeRecord:
     for key, lesson in present.items():
         lessons.setdefault(key, lesson)
     level = int(info.trailers.get("T2S-Level", "0") or 0)
-    return NodeRecord(sha, level, 0, info.parents, sorted(patches), lessons, list(present))
+    final = "Last level: lessons need support" in info.body
+    return NodeRecord(sha, level, 0, info.parents, sorted(patches), lessons, list(present),
+                      final=final)
 
 
 def _prepare(context: _Context, job: _Job) -> None:
@@ -1154,7 +1161,7 @@ def _finish_node(context: _Context, job: _Job, final: bool) -> NodeRecord:
     record = NodeRecord(
         "", job.level, job.index, list(job.group), sorted(job.patches), lessons, list(kept),
         moved, {k: v for k, v in dropped.items() if k in present_before},
-        context.model_name, fallback, notes,
+        context.model_name, fallback, notes, final,
     )
     message = _node_message(context, record, operator_lessons, final)
     tree = repo.write_tree_from_skill(skill, base_tree=context.base_tree)
@@ -1275,7 +1282,7 @@ def accept(repo: SkillsRepo, run_id: str) -> AcceptResult:
         main_sha = repo.resolve(MAIN)
         if main_sha == result_sha:
             return AcceptResult(run_id, result_sha, main_sha, False)
-        base = _common_base(repo, run_id, _patch_branches(repo, run_id))
+        base = _base_of(repo, result_sha)
         if main_sha != base:
             raise RunError(
                 f"{MAIN} moved since run {run_id} started (base {base[:10]}, {MAIN} now "
@@ -1284,3 +1291,13 @@ def accept(repo: SkillsRepo, run_id: str) -> AcceptResult:
             )
         repo.move_branch(MAIN, result_sha)
         return AcceptResult(run_id, result_sha, main_sha, True)
+
+
+def _base_of(repo: SkillsRepo, result_sha: str) -> str:
+    """The skill a result was merged from: follow first parents down to a patch, take its parent."""
+    info = repo.commit_info(result_sha)
+    while "T2S-Level" in info.trailers and info.parents:
+        info = repo.commit_info(info.parents[0])
+    if not info.parents:
+        raise RunError(f"{result_sha[:10]} does not descend from a patch commit: it is no t2s result")
+    return info.parents[0]

@@ -471,3 +471,15 @@ def test_real_merge_of_three_patches_with_the_embedded_model(repo, tmp_path, emb
     assert ("T2S-Fallback" in info.trailers) == bool(result.fallbacks)
     if result.fallbacks:  # the rules result: prevalence still applies
         assert PREVALENT in skill.files["SKILL.md"] and SINGLETON not in skill.files["SKILL.md"]
+
+
+def test_a_last_level_node_is_not_reused_as_an_intermediate_one(repo, tmp_path):
+    for n in range(4):
+        add_patch(repo, "r1", n, append("Reading", f"- Lesson {n % 2}."))
+    first = run_merge(repo, tmp_path, batch=4, min_support=3)
+    assert first.kept == []  # as the last level, support 2 was not enough
+    for n in range(4, 8):
+        add_patch(repo, "r1", n, append("Reading", f"- Lesson {n % 2}."))
+    second = run_merge(repo, tmp_path, batch=4, min_support=3)
+    assert second.reused == 0 and second.levels == 2
+    assert sorted(lesson.support for lesson in second.kept) == [4, 4]
