@@ -82,6 +82,15 @@ def main() -> None:
         repo.create_patch_branches(items)
         report("re-run of 1000 (idempotent)", 1000, time.perf_counter() - start)
 
+        fresh = SkillsRepo.open(repo.path)  # nothing cached
+        shas = list(fresh.branches("t2s/batch500/").values())
+        start = time.perf_counter()
+        for sha in shas:
+            fresh.read_skill(sha)
+        seconds = time.perf_counter() - start
+        print(f"  {'read_skill of each (no checkout)':<34} {len(shas):>5} skills    "
+              f"{seconds:6.2f} s  {1000 * seconds / len(shas):6.2f} ms/skill")
+
         branches = len(repo.branches("t2s/"))
         git_dir = repo.git_dir
         print(f"\nRepository after {branches} patch branches:")

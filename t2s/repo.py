@@ -463,25 +463,31 @@ class SkillsRepo:
         return self.resolve(name)
 
     def tree_of(self, ref: str) -> str:
-        return self.repo.git.rev_parse("--verify", f"{self.resolve(ref)}^{{tree}}")
+        return self._commit_fields(self.resolve(ref))[0]
 
     def tree_entries(self, treeish: str) -> dict[str, tuple[str, str]]:
         """{path: (mode, blob sha)} of every file in a tree or commit, recursively.
 
-        Cached by sha (objects never change), so many patches on one base read it once.
+        Read through git's long-lived cat-file (no process per call) and cached by sha (objects
+        never change), so many patches on one base read it once.
         """
         key = treeish if _HEX40.match(treeish) else self.resolve(treeish)
         if key not in self._tree_entries:
             kind = self._object_type(key)
-            tree = key if kind == "tree" else self.tree_of(key)
-            entries = {}
-            output = self.repo.git.ls_tree("-r", "-z", "--full-tree", tree)
-            for record in filter(None, output.split("\0")):
-                meta, path = record.split("\t", 1)
-                mode, _kind, sha = meta.split()
-                entries[path] = (mode, sha)
-            self._tree_entries[key] = entries
+            if kind not in ("commit", "tree"):
+                raise RepoError(f"{treeish} is a {kind}, not a commit or a tree")
+            tree = self._commit_fields(key)[0] if kind == "commit" else key
+            self._tree_entries[key] = self._files_under(tree, "")
         return self._tree_entries[key]
+
+    def _files_under(self, tree: str, prefix: str) -> dict[str, tuple[str, str]]:
+        files = {}
+        for name, (mode, sha) in self._tree_listing(tree).items():
+            if mode == "40000":
+                files.update(self._files_under(sha, f"{prefix}{name}/"))
+            elif mode != "160000":  # a submodule is no file of the skill
+                files[f"{prefix}{name}"] = (mode, sha)
+        return files
 
     def _object_type(self, sha: str) -> str:
         try:
