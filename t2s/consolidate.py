@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2s.errors import ModelError, PatchError, RepoError, RunError
+from t2s.errors import ModelError, PatchError, RepoError, RunError, SkillError
 from t2s.fsutil import atomic_write_json, read_json
 from t2s.mergedriver import (
     CONFLICT_LOG_ENV,
@@ -67,6 +67,7 @@ from t2s.mergedriver import (
     hunk_blocks,
     normalize,
     split_lines,
+    write_support,
 )
 from t2s.models.base import ChatOptions
 from t2s.patch import Edit, Patch, apply_patch, patch_schema
@@ -100,7 +101,7 @@ SHOWN_EDITS = 30  # edits the operator sees, best supported first
 SHOWN_CHARS = 400
 SCRATCH_MESSAGE = "t2s scratch merge (unreferenced; replaced by one merge commit)\n"
 _PATCH_BRANCH = re.compile(r"^t2s/(?P<run>.+)/patch/(?P<n>\d+)$")
-_MARKER_LINE = re.compile(r"^(?:<{7}|>{7}|\|{7})(?: |$)", re.M)
+_MARKER_LINE = re.compile(r"^(?:<{7}|>{7}|\|{7})(?: |$)", re.MULTILINE)
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 
 
@@ -535,7 +536,7 @@ def guard_patch(base: Skill, patch: Patch) -> GuardResult:
             trial_files[path] = content.strip("\n") + "\n"
     try:
         trial = Skill(trial_files)
-    except Exception:  # a created path the skill format refuses: judged edit by edit below
+    except SkillError:  # a created path the skill format refuses: judged edit by edit below
         trial = base
     for edit in patch.edits:
         path = edit.file or SKILL_FILE
@@ -1060,7 +1061,7 @@ def _prepare(context: _Context, job: _Job) -> None:
         add_lessons(job.lessons, parent.lessons)
         job.patches += parent.patches
     support_file = context.scratch / f"support-{job.level}-{job.index}.json"
-    support_file.write_text(json.dumps({k: lesson.support for k, lesson in job.lessons.items()}))
+    write_support(support_file, {k: lesson.support for k, lesson in job.lessons.items()})
     job.log_file = context.scratch / f"conflicts-{job.level}-{job.index}.jsonl"
     job.log_file.write_text("")
     job.env = {SUPPORT_ENV: str(support_file), TIES_ENV: "ours", CONFLICT_LOG_ENV: str(job.log_file)}
@@ -1171,10 +1172,11 @@ def _finish_node(context: _Context, job: _Job, final: bool) -> NodeRecord:
     return record
 
 
-_STOPWORDS = frozenset(
-    "a an and are as at be before by do for from if in into is it its of on or so than that the "
-    "then this to when with you your".split()
-)
+_STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "before", "by", "do", "for", "from", "if", "in",
+    "into", "is", "it", "its", "of", "on", "or", "so", "than", "that", "the", "then", "this",
+    "to", "when", "with", "you", "your",
+})
 RESEMBLANCE = 0.4  # Dice coefficient of content words above which new wording restates a lesson
 
 
@@ -1222,7 +1224,7 @@ def _node_message(context: _Context, record: NodeRecord, operator_lessons: list[
     dropped = sorted(((lessons[k], why) for k, why in record.dropped.items() if k in lessons),
                      key=lambda item: (-item[0].support, item[0].title))
     paragraphs = [subject]
-    how = (f"Merged by the rules of git and the t2s merge driver"
+    how = ("Merged by the rules of git and the t2s merge driver"
            + (f", consolidated by the merge operator {context.model_name}" if context.model_name
               and not record.fallback else "")
            + f"; {len(record.patches)} patch{'es' if len(record.patches) != 1 else ''} below."

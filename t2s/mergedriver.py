@@ -18,21 +18,20 @@ driver settles them line by line against the merge base O:
 
 A *block* is a unit of guidance: a list item (with its indented continuation), a paragraph, or
 a whole section when it starts with a heading. Its support is the number of patches that
-proposed it, read from the JSON map named by `T2S_SUPPORT_FILE` ({block key: count}, keys from
-`block_key`; a deletion is keyed by `deletion_key` of the deleted text). Without a map every
-block has support 1. When `T2S_CONFLICT_LOG` names a file, every tie the rules could not settle
+proposed it, read from the map named by `T2S_SUPPORT_FILE`: one `<count> <key>` per line (keys
+from `block_key`; a deletion is keyed by `deletion_key` of the deleted text), or a JSON object
+{key: count}. Without a map every block has support 1. When `T2S_CONFLICT_LOG` names a file, every tie the rules could not settle
 by support is appended to it as one JSON line, so the caller can show it to the operator.
 
 This module imports only light parts of the standard library and nothing else from t2s: git
-starts it once per file per merge, so start-up time matters (hashlib would load OpenSSL and
-dataclasses would load inspect, each costing more than a typical merge).
+starts it once per file per merge, so start-up time matters: hashlib would load OpenSSL,
+dataclasses inspect, re and json enum and functools, each costing more than a typical merge.
+Hence the plain classes, string tests instead of regular expressions, and a line-based map.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 from difflib import SequenceMatcher
 
@@ -45,14 +44,29 @@ SUPPORT_ENV = "T2S_SUPPORT_FILE"
 TIES_ENV = "T2S_MERGE_TIES"  # "ours" or "conflict"
 CONFLICT_LOG_ENV = "T2S_CONFLICT_LOG"
 
-_ITEM_START = re.compile(r"^(?:[-*+]|\d+[.)])\s")
-_HEADING = re.compile(r"^#{1,6}\s")
-_LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+
+
+def _marker_end(line: str) -> int:
+    """Where the text after a list marker (`- `, `* `, `+ `, `1. `, `1) `) starts; 0 if none."""
+    if line[:1] in ("-", "*", "+"):
+        end = 1
+    else:
+        end = len(line) - len(line.lstrip("0123456789"))
+        if not end or line[end : end + 1] not in (".", ")"):
+            return 0
+        end += 1
+    return end + 1 if line[end : end + 1] in (" ", "\t") else 0
+
+
+def _is_heading(line: str) -> bool:
+    hashes = len(line) - len(line.lstrip("#"))
+    return 1 <= hashes <= 6 and line[hashes : hashes + 1] in (" ", "\t")
 
 
 def normalize(text: str) -> str:
     """The comparable form of some guidance: no list markers, case or runs of whitespace."""
-    lines = (_LIST_MARKER.sub("", line).strip() for line in text.splitlines())
+    lines = (line.strip() for line in text.splitlines())
+    lines = (line[_marker_end(line) :].strip() for line in lines)
     return "\n".join(" ".join(line.lower().split()) for line in lines if line)
 
 
@@ -72,8 +86,8 @@ def split_blocks(lines: list[str]) -> list[list[str]]:
     in_section = False
     for line in lines:
         blank = not line.strip()
-        heading = bool(_HEADING.match(line))
-        starts = not blank and (heading or (not in_section and (previous_blank or _ITEM_START.match(line))))
+        heading = _is_heading(line)
+        starts = not blank and (heading or (not in_section and (previous_blank or _marker_end(line) > 0)))
         if starts and any(existing.strip() for existing in current):
             blocks.append(current)
             current = []
@@ -289,15 +303,27 @@ def merge_texts(
 
 
 def load_support(path: str | None) -> dict[str, int] | None:
-    """The support map from `path` ({key: count} or {key: {"support": count, ...}})."""
+    """The support map in `path`: `<count> <key>` lines, or JSON {key: count}."""
     if not path:
         return None
     with open(path, encoding="utf-8") as stream:
-        data = json.load(stream)
-    return {
-        str(key): int(value["support"] if isinstance(value, dict) else value)
-        for key, value in data.items()
-    }
+        text = stream.read()
+    if text.lstrip().startswith("{"):
+        import json
+
+        return {str(key): int(value) for key, value in json.loads(text).items()}
+    support = {}
+    for line in text.splitlines():
+        count, _, key = line.strip().partition(" ")
+        if key:
+            support[key] = int(count)
+    return support
+
+
+def write_support(path, support: dict[str, int]) -> None:
+    """Write a support map the way `load_support` reads it fastest."""
+    with open(path, "w", encoding="utf-8") as stream:
+        stream.write("".join(f"{count} {key}\n" for key, count in support.items()))
 
 
 def _read(path: str) -> str:
@@ -333,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         stream.write(outcome.text.encode("utf-8"))
     log_path = os.environ.get(CONFLICT_LOG_ENV)
     if log_path and outcome.conflicts:
+        import json
+
         with open(log_path, "a", encoding="utf-8") as stream:
             for conflict in outcome.conflicts:
                 record = {"path": path, **conflict.to_dict()}

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-
 from scripted import ScriptedModel
+
 from t2s import consolidate as consolidate_module
 from t2s.cli import main as cli
 from t2s.consolidate import (

@@ -1,6 +1,7 @@
 """The merge driver's rules, each on a hand-made three-way conflict."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from t2s.mergedriver import (
     merge_texts,
     normalize,
     split_blocks,
+    write_support,
 )
 
 BASE = """# Spreadsheets
@@ -155,7 +157,7 @@ def run_driver(tmp_path, base, ours, theirs, env=None):
         paths.append(str(path))
     completed = subprocess.run(
         [sys.executable, "-m", "t2s.mergedriver", *paths, "7", "SKILL.md"],
-        env={**__import__("os").environ, **(env or {})}, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False,
     )
     return completed.returncode, (tmp_path / "A").read_text(), completed.stderr
 
@@ -175,9 +177,12 @@ def test_driver_process_writes_ours_and_exits_by_openness(tmp_path):
     [record] = [json.loads(line) for line in log.read_text().splitlines()]
     assert record["path"] == "SKILL.md" and record["resolution"] == "open"
 
-    support.write_text(json.dumps({block_key("- Save a copy."): {"support": 2}}))
+    write_support(support, {block_key("- Save a copy."): 2})
     status, text, _ = run_driver(tmp_path, BASE, ours, theirs, {"T2S_SUPPORT_FILE": str(support)})
     assert (status, text) == (0, theirs)
+    support.write_text(json.dumps({block_key("- Save with openpyxl."): 3}))  # JSON works too
+    status, text, _ = run_driver(tmp_path, BASE, ours, theirs, {"T2S_SUPPORT_FILE": str(support)})
+    assert (status, text) == (0, ours)
 
 
 def test_driver_with_unreadable_support_map_warns_and_merges(tmp_path):

@@ -93,12 +93,12 @@ def _echo_accept(repo: SkillsRepo, run_id: str) -> None:
 def format_result(result: ConsolidationResult) -> str:
     nodes = len(result.nodes)
     lines = [
-        f"Merged {result.patches} patch{'es' if result.patches != 1 else ''} of run "
-        f"{result.run_id} in {result.levels} level{'s' if result.levels != 1 else ''} "
-        f"({nodes} node{'s' if nodes != 1 else ''}, {result.reused} reused): "
-        f"{result.result_ref} = {result.result_sha[:7]}",
-        f"Kept {len(result.kept)} lesson(s), moved {len(result.moved)} to a reference, "
-        f"dropped {len(result.dropped)}.",
+        (f"Merged {result.patches} patch{'es' if result.patches != 1 else ''} of run "
+         f"{result.run_id} in {result.levels} level{'s' if result.levels != 1 else ''} "
+         f"({nodes} node{'s' if nodes != 1 else ''}, {result.reused} reused): "
+         f"{result.result_ref} = {result.result_sha[:7]}"),
+        (f"Kept {len(result.kept)} lesson(s), moved {len(result.moved)} to a reference, "
+         f"dropped {len(result.dropped)}."),
     ]
     lines += [f"  kept    {lesson.describe()}" for lesson in result.kept[:SHOWN]]
     lines += [f"  moved   {lesson.describe()}" for lesson in result.moved[:SHOWN]]
