@@ -249,13 +249,16 @@ def evaluate(
             run_dir,
             tasks,
             skill=spec.skill,
-            skill_ref=spec.ref or "",
+            # A column is one commit, whatever ref named it: the shared directory must not
+            # refuse `main` because it was first measured as `t2s/<run>/result`.
+            skill_ref=spec.commit or spec.ref or "",
             skill_commit=spec.commit or "",
             model=model,
             workers=workers,
             budget=budget,
             timeout=timeout,
             progress=progress,
+            split=split,
             label=f"eval {spec.label}"[:30],
         )
         columns.append(measure_column(spec, run_dir, tasks))
@@ -661,21 +664,24 @@ def run_eval(config, progress: bool = True, model_source=None) -> EvalReport | A
     suite = load_suite(config.tasks)
     tasks = split_tasks(suite.tasks, config.split, config.split_ratio)
     tasks = tasks[: config.limit] if config.limit else tasks
-    model = model_source if model_source is not None else resolve_model(config.model)
-    budget = agent_budget(config)
     runs_dir = Path(config.runs_dir)
-    columns_dir = measurement_dir(config, suite, tasks, model)
-    measured = columns_dir.name
-    common = dict(model=model, workers=config.workers, columns_dir=columns_dir, budget=budget,
-                  timeout=config.timeout, suite=suite.name, split=config.split, progress=progress)
+    # What to measure is checked before the model is loaded: mistakes fail fast.
     if config.ablate:
         from t2s.repo import SkillsRepo
 
         repo = SkillsRepo.open(config.repo)
         run_id = resolve_ablation_run(repo, runs_dir, config.ablate)
+    else:
+        specs = resolve_skill_specs(config.repo, config.skills, config.no_skill)
+    model = model_source if model_source is not None else resolve_model(config.model)
+    columns_dir = measurement_dir(config, suite, tasks, model)
+    measured = columns_dir.name
+    common = dict(model=model, workers=config.workers, columns_dir=columns_dir,
+                  budget=agent_budget(config), timeout=config.timeout, suite=suite.name,
+                  split=config.split, progress=progress)
+    if config.ablate:
         out = config.out or runs_dir / f"ablate-{run_id}-{measured[:8]}"
         return ablate(repo, run_id, tasks, out_dir=out, **common)
-    specs = resolve_skill_specs(config.repo, config.skills, config.no_skill)
     out = config.out or runs_dir / f"eval-{_digest([measured] + [s.key for s in specs])[:12]}"
     return evaluate(tasks, specs, out_dir=out, title="Evaluation", **common)
 
