@@ -52,6 +52,7 @@ LOCK_FILE = "t2s-lock"
 LOCK_TIMEOUT_ENV = "T2S_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 60.0
 SUBJECT_CHARS = 72
+GC_AUTO_DEFAULT = 6700  # git's default for gc.auto
 ZERO_SHA = "0" * 40
 TRAILER_ORDER = (
     ("T2S-Run", "run"),
@@ -689,6 +690,25 @@ class SkillsRepo:
                 if checked_out:
                     self.repo.git.read_tree("-m", "-u", sha, old)
                 raise
+
+    def maintain(self) -> bool:
+        """Pack the loose objects once there are more than git's `gc.auto` (default 6700).
+
+        Every patch leaves a handful of loose objects (tens of KiB on disk); packed, thousands
+        take a fraction of that. git's own `gc --auto` only samples one object directory, so
+        count them all. Returns True when it packed.
+        """
+        with self.lock():
+            counts = dict(line.split(": ", 1)
+                          for line in self.repo.git.count_objects("-v").splitlines())
+            try:
+                limit = int(self.repo.git.config("--get", "gc.auto"))
+            except (git.GitCommandError, ValueError):
+                limit = GC_AUTO_DEFAULT
+            if limit <= 0 or int(counts["count"]) <= limit:
+                return False
+            self.repo.git.gc("--quiet")
+            return True
 
     def check_clean(self) -> None:
         """RepoError when the work tree has uncommitted changes or HEAD is detached."""

@@ -278,6 +278,24 @@ def test_many_patch_branches_in_one_batch(repo):
     assert len(git(repo.path, "notes", "--ref", NOTES_REF, "list").splitlines()) == 205
 
 
+def test_maintain_packs_loose_objects_when_git_says_so(repo):
+    base = repo.resolve("main")
+    repo.create_patch_branches([
+        PatchBranch("gc", n, base, add_line(repo.read_skill(), f"- L{n}."), patch_commit(n))
+        for n in range(20)])
+    assert repo.maintain() is False  # far below git's threshold: nothing to do
+    git(repo.path, "config", "gc.auto", "50")
+    assert repo.maintain() is True
+    counts = git(repo.path, "count-objects", "-v")
+    assert "count: 0" in counts and "packs: 1" in counts
+    assert repo.read_note(repo.resolve("t2s/gc/patch/7")) == "Task task-7 failed; fixed by X.\n"
+    # Objects the writer knew as loose are now packed; writing goes on fine.
+    sha = repo.create_patch_branch("gc", 99, base, add_line(repo.read_skill(), "- L7."),
+                                   patch_commit(99))
+    assert git(repo.path, "fsck", "--strict", "--no-dangling").strip() == ""
+    assert repo.read_skill(sha).files["SKILL.md"].count("- L7.") == 1
+
+
 def test_an_interrupted_patch_write_leaves_no_branch_and_a_sound_repository(repo, monkeypatch):
     base = repo.resolve("main")
     items = [PatchBranch("run1", n, base, add_line(repo.read_skill(), f"- L{n}."), patch_commit(n))
