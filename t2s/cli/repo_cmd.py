@@ -104,7 +104,7 @@ def _format_commit(info: CommitInfo) -> str:
 
 def _body_without_trailers(info: CommitInfo) -> str:
     paragraphs = info.body.strip().split("\n\n")
-    if info.trailers and paragraphs and all(":" in line for line in paragraphs[-1].splitlines()):
+    if info.trailers:  # git only reads trailers from the last paragraph
         paragraphs = paragraphs[:-1]
     return "\n\n".join(paragraphs).strip()
 
