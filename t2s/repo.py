@@ -407,7 +407,10 @@ class SkillsRepo:
 
     def _acquire(self, path: str, wait: float):
         # Held open past this function: the flock lives as long as the file stays open.
-        handle = open(path, "a+")  # noqa: SIM115
+        try:
+            handle = open(path, "a+")  # noqa: SIM115
+        except OSError as error:
+            raise RepoError(f"cannot lock {self.path}: {error.strerror} ({path})") from None
         deadline = time.monotonic() + wait
         try:
             while True:
