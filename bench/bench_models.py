@@ -1,0 +1,217 @@
+"""Model and pool benchmarks with the embedded model.
+
+1. Aggregate generation throughput (tokens/s): one process using every thread, the pool with
+   2 workers, and the best llama.cpp does here: all sequences decoded together in one context.
+2. Resident memory each pool worker adds, as a share of the model file (weights are mmapped).
+3. Prefix reuse over a 10-turn agent conversation: share of prompt tokens served from the
+   cache, and the time with and without reuse.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from t2s.models import LlamaSource, resolve_model
+from t2s.models.base import ChatOptions
+from t2s.models.gguf import read_gguf
+from t2s.pool import cpu_count, run_pool
+
+N_CTX = 2048
+MAX_TOKENS = 48
+PROMPTS = [
+    f"In two sentences, explain how to {verb} in a spreadsheet."
+    for verb in (
+        "sum a column", "sort rows by date", "remove duplicate rows", "freeze the header row",
+        "find the largest value", "count non-empty cells", "join two text columns",
+        "round prices to cents",
+    )
+]  # fmt: skip
+AGENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "thought": {"type": "string", "maxLength": 80},
+        "tool": {"type": "string", "enum": ["read_cells", "write_cells", "finish"]},
+        "range": {"type": "string", "maxLength": 12},
+    },
+    "required": ["thought", "tool", "range"],
+}
+
+
+def generate(model, prompt: str) -> dict:
+    """One plain generation, with wall-clock start and end so runs in parallel can be merged."""
+    started = time.time()
+    reply = model.chat([{"role": "user", "content": prompt}], ChatOptions(max_tokens=MAX_TOKENS))
+    return {
+        "tokens": reply.usage.completion_tokens,
+        "start": started,
+        "end": time.time(),
+        **memory(),
+    }
+
+
+def memory() -> dict:
+    """This process's resident memory, and the part no other process shares (Linux)."""
+    fields = {}
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+            name, value = line.split(":")
+            fields[name] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        return {"rss": 0, "private": 0}
+    return {"rss": fields["Rss"], "private": fields["Private_Clean"] + fields["Private_Dirty"]}
+
+
+def pool_run(source: LlamaSource, workers: int) -> tuple[float, list[dict]]:
+    """Tokens/s while generating (from the first start to the last end), and each item's result."""
+    results = [
+        r for r in run_pool(generate, PROMPTS, model=source, workers=workers, progress=False)
+    ]
+    failed = [r.error for r in results if not r.ok]
+    if failed:
+        raise SystemExit(f"pool run failed: {failed[0]}")
+    values = [r.value for r in results]
+    span = max(v["end"] for v in values) - min(v["start"] for v in values)
+    return sum(v["tokens"] for v in values) / span, values
+
+
+def batched_throughput(path: str, sequences: int, threads: int) -> float:
+    """Greedy decoding of `sequences` prompts at once in one llama.cpp context (low-level API)."""
+    import llama_cpp
+    import numpy as np
+
+    llama = llama_cpp.Llama(model_path=path, n_ctx=256, verbose=False)  # for model and tokenizer
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = sequences * 256
+    params.n_batch = params.n_ubatch = sequences * 256
+    params.n_seq_max = sequences
+    params.n_threads = params.n_threads_batch = threads
+    context = llama_cpp.llama_init_from_model(llama.model, params)
+    vocab = llama.n_vocab()
+    prompts = [
+        llama.tokenize(_chat_prompt(llama, p).encode(), add_bos=True, special=True)
+        for p in PROMPTS[:sequences]
+    ]
+    batch = llama_cpp.llama_batch_init(sum(len(p) for p in prompts), 0, 1)
+
+    def decode(entries):  # entries: (token, position, sequence, wants_logits)
+        batch.n_tokens = len(entries)
+        for i, (token, position, sequence, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
+            batch.seq_id[i][0], batch.logits[i] = sequence, logits
+        if llama_cpp.llama_decode(context, batch) != 0:
+            raise SystemExit("llama_decode failed in the batched benchmark")
+
+    def greedy(index: int) -> int:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(context, index), (vocab,))
+        return int(logits.argmax())
+
+    try:
+        started = time.perf_counter()
+        entries = [
+            (token, position, s, position == len(p) - 1)
+            for s, p in enumerate(prompts)
+            for position, token in enumerate(p)
+        ]
+        decode(entries)
+        last = [i for i, entry in enumerate(entries) if entry[3]]
+        positions = [len(p) for p in prompts]
+        generated = 0
+        for _ in range(MAX_TOKENS):
+            tokens = [greedy(i) for i in last]
+            generated += len(tokens)
+            decode([(t, positions[s], s, True) for s, t in enumerate(tokens)])
+            positions = [p + 1 for p in positions]
+            last = list(range(len(tokens)))
+        return generated / (time.perf_counter() - started)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(context)
+        llama.close()
+
+
+def _chat_prompt(llama, prompt: str) -> str:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(
+        llama.metadata["tokenizer.chat_template"],
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        add_generation_prompt=True,
+    )
+    return formatter(messages=[{"role": "user", "content": prompt}]).prompt
+
+
+def prefix_reuse(source: LlamaSource, reuse: bool) -> tuple[int, int, float]:
+    """A 10-turn agent conversation: (prompt tokens, tokens evaluated, seconds)."""
+    model = source.load(threads=1)
+    conversation = [
+        {"role": "system", "content": "You are a spreadsheet agent. " * 20},
+        {"role": "user", "content": "Task: put the total of B2:B9 in B10 of Sheet1."},
+    ]
+    prompt = evaluated = 0
+    seconds = 0.0
+    for turn in range(10):
+        if not reuse:
+            model.llama.reset()  # forget the cache: every turn evaluates its whole prompt
+        reply = model.chat(conversation, ChatOptions(schema=AGENT_SCHEMA, max_tokens=96))
+        prompt += reply.usage.prompt_tokens
+        evaluated += reply.usage.prompt_eval_tokens
+        seconds += reply.seconds
+        conversation += [
+            {"role": "assistant", "content": reply.text},
+            {"role": "user", "content": f"Observation {turn}: the range holds 8 numbers, 1..8."},
+        ]
+    return prompt, evaluated, seconds
+
+
+def kv_cache_bytes(path: str, n_ctx: int) -> int:
+    """Size of an f16 KV cache, from the GGUF metadata: layers x context x KV width x 2 x 2."""
+    meta = read_gguf(path).metadata
+    arch = meta["general.architecture"]
+    heads, kv_heads = meta[f"{arch}.attention.head_count"], meta[f"{arch}.attention.head_count_kv"]
+    width = meta[f"{arch}.embedding_length"] // heads * kv_heads
+    return meta[f"{arch}.block_count"] * n_ctx * width * 2 * 2
+
+
+def main() -> None:
+    source = resolve_model("embedded", n_ctx=N_CTX)
+    threads = cpu_count()
+    model_size = Path(source.path).stat().st_size
+    print(f"model {source.name} ({model_size / 1e6:.0f} MB), {threads} CPU threads, n_ctx {N_CTX}")
+    print(f"{len(PROMPTS)} prompts, up to {MAX_TOKENS} generated tokens each, greedy\n")
+
+    single, _ = pool_run(source, workers=1)
+    pooled, values = pool_run(source, workers=2)
+    best_batched = max(batched_throughput(source.path, n, threads) for n in (2, 4, len(PROMPTS)))
+    best = max(single, pooled, best_batched)
+    print("generation throughput (aggregate tokens/s while generating)")
+    print(f"  one process, {threads} threads        {single:8.1f}")
+    print(f"  pool, 2 workers x {max(1, threads // 2)} thread(s)    {pooled:8.1f}")
+    print(
+        f"  llama.cpp batched, one context {best_batched:8.1f}  (best of 2/4/{len(PROMPTS)} sequences)"
+    )
+    print(f"  pool / best                    {pooled / best:8.2f}  (target >= 0.90)\n")
+
+    private = max(v["private"] for v in values)
+    rss = max(v["rss"] for v in values)
+    kv_cache = kv_cache_bytes(source.path, N_CTX)
+    print("memory per pool worker")
+    print(f"  resident {rss / 1e6:.0f} MB, of which private (not shared) {private / 1e6:.0f} MB")
+    print(f"  added per extra worker / model file  {private / model_size:6.1%}  (target <= 25%)")
+    print(
+        f"  of which the f16 KV cache for n_ctx {N_CTX} is {kv_cache / 1e6:.0f} MB "
+        f"({kv_cache / model_size:.0%} of the file)\n"
+    )
+
+    prompt, evaluated, with_cache = prefix_reuse(source, reuse=True)
+    _, evaluated_cold, without_cache = prefix_reuse(source, reuse=False)
+    print("prefix reuse over a 10-turn agent conversation")
+    print(f"  prompt tokens {prompt}, evaluated {evaluated} with reuse, {evaluated_cold} without")
+    print(f"  share reused from the cache          {1 - evaluated / prompt:6.1%}  (target >= 80%)")
+    print(f"  time for 10 turns: {with_cache:.1f}s with reuse, {without_cache:.1f}s without")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
