@@ -385,8 +385,12 @@ def shape_rules_result(
     dropped: dict[str, str] = {}
     notes: list[str] = []
 
+    # merged wording (two same-titled sections made one) counts the support of what it holds
+    estimated = _lessons_present(base, skill, lessons)
+
     def support(key: str) -> int:
-        return lessons[key].support if key in lessons else 1
+        known = lessons.get(key) or estimated.get(key)
+        return known.support if known is not None else 1
 
     to_move: list[tuple[str, str]] = []
     if final and min_support > 1:
@@ -1108,6 +1112,8 @@ def _settle_unclean(repo: SkillsRepo, merged, ours: str, theirs: str, notes: lis
     for path in merged.conflicted_paths:
         text = skill.files.get(path)
         if text is not None and not _MARKER_LINE.search(text):
+            notes.append(f"git: {path} was changed on one side and deleted on the other; "
+                         "kept the changed version")
             continue
         choice = ours_skill.files.get(path, theirs_skill.files.get(path))
         skill = skill.with_file(path, choice) if choice is not None else skill.without_file(path)

@@ -78,6 +78,14 @@ def deletion_key(deleted_text: str) -> str:
     return "del:" + block_key(deleted_text)
 
 
+def _heading_index(block: list[str]) -> int | None:
+    """The index of the heading a section block starts with (after blank lines), else None."""
+    for index, line in enumerate(block):
+        if line.strip():
+            return index if _is_heading(line) else None
+    return None
+
+
 def split_blocks(lines: list[str]) -> list[list[str]]:
     """Cut inserted lines into blocks; blank lines stay with the block before them."""
     blocks: list[list[str]] = []
@@ -248,15 +256,28 @@ class _Merger:
         ]
 
     def union(self, ours: list[str], theirs: list[str]) -> list[str]:
-        """Every block both insertions bring, once each, the best supported first."""
-        seen: set[str] = set()
-        blocks: list[tuple[int, int, list[str]]] = []
+        """Every block both insertions bring, once each, the best supported first.
+
+        Two new sections with the same heading become one section holding both bodies.
+        """
+        seen: dict[str, int] = {}  # normalised block or heading -> index in `blocks`
+        blocks: list[list] = []  # [-support, position, lines]
         for block in split_blocks(ours) + split_blocks(theirs):
             key = normalize("".join(block))
             if key in seen:
                 continue
-            seen.add(key)
-            blocks.append((-self.block_support(block), len(blocks), block))
+            heading = _heading_index(block)
+            title = "#" + normalize(block[heading]) if heading is not None else None
+            if title in seen:
+                entry = blocks[seen[title]]
+                cut = _heading_index(entry[2]) + 1
+                entry[2] = entry[2][:cut] + self.union(entry[2][cut:], block[heading + 1 :])
+                entry[0] = min(entry[0], -self.block_support(block))
+                continue
+            seen[key] = len(blocks)
+            if title is not None:
+                seen[title] = len(blocks)
+            blocks.append([-self.block_support(block), len(blocks), block])
         blocks.sort(key=lambda item: item[:2])
         merged = [line for _, _, block in blocks for line in block]
         if merged and not merged[-1].endswith("\n"):

@@ -61,7 +61,7 @@ def add_patch(repo, run, n, *edits, base="main"):
     skill = repo.read_skill(base_sha)
     applied = apply_patch(skill, Patch("because", ["lesson"], list(edits)))
     assert not applied.refused, applied.refused
-    lesson = (edits[0].content or edits[0].section).strip().splitlines()[0]
+    lesson = (edits[0].content or edits[0].section or edits[0].file).strip().splitlines()[0]
     return repo.create_patch_branch(run, n, base_sha, applied.skill,
                                     PatchCommit(lesson=lesson, run=run, task=f"task-{n}"))
 
@@ -483,3 +483,28 @@ def test_a_last_level_node_is_not_reused_as_an_intermediate_one(repo, tmp_path):
     second = run_merge(repo, tmp_path, batch=4, min_support=3)
     assert second.reused == 0 and second.levels == 2
     assert sorted(lesson.support for lesson in second.kept) == [4, 4]
+
+
+def test_same_new_reference_from_two_patches_and_a_modify_delete_conflict(tmp_path):
+    skill_dir = tmp_path / "skill"
+    (skill_dir / "references").mkdir(parents=True)
+    (skill_dir / "SKILL.md").write_text(BASE_SKILL + "\nSee [old notes](references/old.md).\n")
+    (skill_dir / "references/old.md").write_text("# Old\n\n- An old note.\n")
+    repo = SkillsRepo.init(tmp_path / "repo", from_dir=skill_dir)
+    link = append("Reading", "- Dates: see [dates](references/dates.md).")
+    for n, body in enumerate(["- Dates are serial numbers.", "- Dates can be text."]):
+        create = Edit("create_file", "references/dates.md", "", "", "", f"# Dates\n\n{body}")
+        add_patch(repo, "r1", n, create, link)
+    add_patch(repo, "r1", 2, Edit("delete_file", "references/old.md"),
+              replace("Writing", "See [old notes](references/old.md).", "- Save."))
+    add_patch(repo, "r1", 3, Edit("append_to_section", "references/old.md", "Old", "", "",
+                                  "- Another old note."))
+    result = run_merge(repo, tmp_path)
+    skill = repo.read_skill(result.result_sha)
+    dates = skill.files["references/dates.md"]
+    assert dates.count("# Dates") == 1
+    assert "- Dates are serial numbers." in dates and "- Dates can be text." in dates
+    assert skill.files["SKILL.md"].count("references/dates.md") == 1
+    assert validate_skill(skill) == []
+    assert any("changed on one side and deleted on the other" in note
+               for note in result.nodes[-1].notes)

@@ -191,3 +191,11 @@ def test_driver_with_unreadable_support_map_warns_and_merges(tmp_path):
                                       {"T2S_SUPPORT_FILE": str(tmp_path / "missing.json")})
     assert status == 0 and text == ours
     assert "cannot read the support map" in stderr
+
+
+def test_two_new_sections_with_one_title_become_one_section():
+    ours = BASE + "\n## Dates\n\n- Dates are serial numbers.\n"
+    theirs = BASE + "\n## Dates\n\n- Dates can be text.\n"
+    text = merge_texts(BASE, ours, theirs).text
+    assert text.count("## Dates") == 1
+    assert text.index("- Dates are serial numbers.") < text.index("- Dates can be text.")
