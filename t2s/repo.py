@@ -37,6 +37,7 @@ from gitdb.base import IStream
 from gitdb.db.loose import LooseObjectDB
 
 from t2s.errors import RepoError, SkillError
+from t2s.fsutil import atomic_write_text
 from t2s.skill import SKILL_DIRS, SKILL_FILE, Skill, validate_skill
 
 DEFAULT_PATH = "./skills_repo"
@@ -267,6 +268,8 @@ class SkillsRepo:
         self.git_dir = Path(repo.git_dir)
         # Set by `init`: False when `init` found an existing t2s repository and did nothing.
         self.created = False
+        # Set by `init`: the enclosing project repository told to ignore this one, if any.
+        self.ignored_by: Path | None = None
         self._ident: tuple[str, str] | None = None
         # GitPython's own store spawns `git hash-object` per object; gitdb's loose-object
         # writer does the same work in-process, which is what makes batches of patches cheap.
@@ -324,6 +327,7 @@ class SkillsRepo:
             raise
         repo = cls.open(target)
         repo.created = True
+        repo.ignored_by = _ignore_in_enclosing_repo(target)
         return repo
 
     @classmethod
@@ -1150,6 +1154,28 @@ class SkillsRepo:
 
 
 # -- module helpers ------------------------------------------------------------------------
+
+
+def _ignore_in_enclosing_repo(target: Path) -> Path | None:
+    """Keep a skills repository created inside another work tree out of that project's
+    `git status`: add it to the project's .git/info/exclude (local, never committed) unless
+    the project already ignores it. Returns the project's top directory when it did."""
+    outer = git.Git(str(target.parent))
+    try:
+        top = Path(outer.rev_parse("--show-toplevel"))
+    except git.GitCommandError:
+        return None  # not inside a work tree
+    status, _out, _err = outer.check_ignore(
+        "-q", str(target), with_extended_output=True, with_exceptions=False
+    )
+    if status == 0:
+        return None
+    exclude = Path(outer.rev_parse("--path-format=absolute", "--git-path", "info/exclude"))
+    entry = "/" + target.resolve().relative_to(top.resolve()).as_posix() + "/"
+    existing = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+    separator = "" if not existing or existing.endswith("\n") else "\n"
+    atomic_write_text(exclude, f"{existing}{separator}# t2s skills repository\n{entry}\n")
+    return top
 
 
 def _interpreter_exists(driver: str) -> bool:

@@ -138,6 +138,24 @@ def test_init_refuses_another_git_repository(tmp_path):
     assert git(other, "config", "--get", "merge.t2s-skill.driver", check=False) == ""
 
 
+def test_init_inside_a_project_keeps_the_repository_out_of_its_status(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    git(project, "init", "-q", "-b", "main")
+    (project / "notes.txt").write_text("x")
+    repo = SkillsRepo.init(project / "skills_repo", from_dir=make_skill_dir(tmp_path / "skill"))
+    assert repo.ignored_by == project
+    assert git(project, "status", "--porcelain") == "?? notes.txt\n"
+    assert "/skills_repo/" in (project / ".git" / "info" / "exclude").read_text()
+    # A project that already ignores it is left alone.
+    (project / ".gitignore").write_text("/other/\n")
+    other = SkillsRepo.init(project / "other", from_dir=tmp_path / "skill")
+    assert other.ignored_by is None
+    assert "/other/" not in (project / ".git" / "info" / "exclude").read_text()
+    # Outside any work tree there is nothing to do.
+    assert SkillsRepo.init(tmp_path / "alone", from_dir=tmp_path / "skill").ignored_by is None
+
+
 def test_init_on_an_existing_t2s_repository_does_nothing(repo, tmp_path):
     before = repo.resolve("main")
     again = SkillsRepo.init(repo.path, from_dir=make_skill_dir(tmp_path / "other"))

@@ -56,6 +56,8 @@ def init(path, from_dir):
     click.echo(f"  skill {skill.name}: {', '.join(sorted(skill.files))}")
     click.echo("  .gitattributes: *.md merge=t2s-skill (rules-based merge driver configured)")
     click.echo("  notes: refs/notes/t2s (shown by git log)")
+    if repo.ignored_by:
+        click.echo(f"  ignored by the enclosing repository {repo.ignored_by} (.git/info/exclude)")
 
 
 @main.command("log")
