@@ -1150,7 +1150,9 @@ class SkillsRepo:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return cls.open(target)
+        repo = cls.open(target)
+        repo.ignored_by = _ignore_in_enclosing_repo(target)
+        return repo
 
 
 # -- module helpers ------------------------------------------------------------------------

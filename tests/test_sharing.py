@@ -87,6 +87,11 @@ def test_clone_brings_notes_results_and_the_merge_config(shared, tmp_path):
     assert bob.read_skill("main") == alice.read_skill("main")
     assert git(bob.path, "status", "--porcelain") == ""
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bob")] == []
+    # Cloned into a project's work tree, it stays out of the project's status.
+    git(tmp_path, "init", "-q", "-b", "main", "project")
+    inside = SkillsRepo.clone(str(bare), tmp_path / "project" / "skills_repo")
+    assert inside.ignored_by == tmp_path / "project"
+    assert git(tmp_path / "project", "status", "--porcelain") == ""
 
 
 def test_clone_refuses_a_repository_that_is_not_a_skills_repository(tmp_path):

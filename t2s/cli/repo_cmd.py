@@ -205,6 +205,8 @@ def clone(url, path):
     results = sorted(_result_branches(repo))
     if results:
         click.echo(f"  result branches: {', '.join(results)}")
+    if repo.ignored_by:
+        click.echo(f"  ignored by the enclosing repository {repo.ignored_by} (.git/info/exclude)")
 
 
 def _echo_sync(headline: str, updates: list[str]) -> None:
