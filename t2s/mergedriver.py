@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import sys
-from difflib import SequenceMatcher
 
 try:
     from _blake2 import blake2b  # CPython's built-in module, without OpenSSL
@@ -43,7 +42,8 @@ except ImportError:  # pragma: no cover - other Pythons
 SUPPORT_ENV = "T2S_SUPPORT_FILE"
 TIES_ENV = "T2S_MERGE_TIES"  # "ours" or "conflict"
 CONFLICT_LOG_ENV = "T2S_CONFLICT_LOG"
-
+# Beyond this many differing lines, difflib (slower to import, faster on big rewrites) diffs.
+MAX_MYERS_EDITS = 200
 
 
 def _marker_end(line: str) -> int:
@@ -137,12 +137,60 @@ def diff_hunks(base: list[str], side: list[str]) -> list[tuple[int, int, list[st
         return []
     if not base_middle or not side_middle:
         return [(prefix, len(base) - suffix, side_middle)]
-    matcher = SequenceMatcher(None, base_middle, side_middle, autojunk=False)
-    return [
-        (prefix + i1, prefix + i2, side_middle[j1:j2])
-        for tag, i1, i2, j1, j2 in matcher.get_opcodes()
-        if tag != "equal"
-    ]
+    matches = _myers_matches(base_middle, side_middle, MAX_MYERS_EDITS)
+    if matches is None:
+        from difflib import SequenceMatcher
+
+        blocks = SequenceMatcher(None, base_middle, side_middle, autojunk=False).get_matching_blocks()
+        matches = [(i + offset, j + offset) for i, j, size in blocks for offset in range(size)]
+    hunks = []
+    base_at = side_at = 0
+    for i, j in matches + [(len(base_middle), len(side_middle))]:
+        if i > base_at or j > side_at:
+            hunks.append((prefix + base_at, prefix + i, side_middle[side_at:j]))
+        base_at, side_at = i + 1, j + 1
+    return hunks
+
+
+def _myers_matches(a: list[str], b: list[str], max_edits: int) -> list[tuple[int, int]] | None:
+    """Matched (i, j) line pairs of a shortest edit script (Myers 1986); None past max_edits."""
+    n, m = len(a), len(b)
+    furthest = {1: 0}  # diagonal k = x - y -> furthest x reached
+    trace = []
+    for d in range(min(n + m, max_edits) + 1):
+        trace.append(dict(furthest))
+        for k in range(-d, d + 1, 2):
+            if k == -d or (k != d and furthest[k - 1] < furthest[k + 1]):
+                x = furthest[k + 1]
+            else:
+                x = furthest[k - 1] + 1
+            y = x - k
+            while x < n and y < m and a[x] == b[y]:
+                x, y = x + 1, y + 1
+            furthest[k] = x
+            if x >= n and y >= m:
+                return _backtrack(trace, n, m)
+    return None
+
+
+def _backtrack(trace: list[dict[int, int]], x: int, y: int) -> list[tuple[int, int]]:
+    matches = []
+    for d in range(len(trace) - 1, -1, -1):
+        furthest = trace[d]
+        k = x - y
+        if k == -d or (k != d and furthest[k - 1] < furthest[k + 1]):
+            previous_k = k + 1
+        else:
+            previous_k = k - 1
+        previous_x = furthest[previous_k]
+        previous_y = previous_x - previous_k
+        while x > previous_x and y > previous_y:
+            x, y = x - 1, y - 1
+            matches.append((x, y))
+        if d > 0:
+            x, y = previous_x, previous_y
+    matches.reverse()
+    return matches
 
 
 class Conflict:
