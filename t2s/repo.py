@@ -984,14 +984,15 @@ class SkillsRepo:
     # -- sharing -----------------------------------------------------------------------------
 
     def push(self, remote: str = "origin") -> SyncResult:
-        """Push main, every `t2s/*/result` branch and refs/notes/t2s to `remote`."""
+        """Push main, every `t2s/*/result` branch and refs/notes/t2s to `remote`, atomically."""
         with self.lock():
             refspecs = [f"refs/heads/{MAIN}:refs/heads/{MAIN}",
                         "refs/heads/t2s/*/result:refs/heads/t2s/*/result"]
             if self._ref_sha(NOTES_REF):
                 refspecs.append(f"{NOTES_REF}:{NOTES_REF}")
             status, stdout, stderr = self.repo.git.push(
-                "--porcelain", remote, *refspecs,
+                # All refs or none: a rejected main must not leave its notes half pushed.
+                "--porcelain", "--atomic", remote, *refspecs,
                 with_extended_output=True, with_exceptions=False,
             )
             updates = []
@@ -1001,12 +1002,14 @@ class SkillsRepo:
                     destination = parts[1].split(":")[-1].removeprefix("refs/heads/")
                     updates.append(f"{destination}: {parts[2]}")
             if status != 0:
-                rejected = [u for u in updates if "rejected" in u or "non-fast-forward" in u]
-                if rejected:
+                rejected = [u for u in updates if "rejected" in u]
+                if any("fetch first" in u or "non-fast-forward" in u for u in rejected):
                     raise RepoError(
-                        f"push to {remote} rejected ({'; '.join(rejected)}): run `t2s pull {remote}` "
-                        "first"
+                        f"push to {remote} rejected ({'; '.join(rejected)}): run "
+                        f"`t2s pull {remote}` first"
                     )
+                if rejected:
+                    raise RepoError(f"push to {remote} rejected: {'; '.join(rejected)}")
                 raise RepoError(f"cannot push to {remote}: {_git_reason(stderr)}")
             return SyncResult(remote, updates)
 

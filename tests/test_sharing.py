@@ -149,8 +149,18 @@ def test_push_of_a_stale_main_is_rejected_with_advice(shared, tmp_path):
     evolve(alice, "run2", "- Check totals.")
     alice.push("origin")
     evolve(bob, "run3", "- Inspect.", anchor="- Load the workbook.")
+    before = git(bare, "for-each-ref")
     with pytest.raises(RepoError, match="rejected.*run `t2s pull origin` first"):
         bob.push("origin")
+    assert git(bare, "for-each-ref") == before  # bob's run3 result and notes did not go alone
+
+
+def test_push_to_a_checked_out_branch_says_why(shared, tmp_path):
+    alice, *_ = shared
+    busy = SkillsRepo.clone(str(alice.path), tmp_path / "busy")
+    evolve(alice, "run2", "- Check totals.")
+    with pytest.raises(RepoError, match="rejected: main: .*checked out"):
+        alice.push(str(busy.path))
 
 
 def test_pull_refuses_local_changes_and_changes_nothing(shared, tmp_path):
