@@ -196,6 +196,9 @@ def _run_in_workers(work, items, source, count, timeout, label) -> Iterator[Pool
 
     # fork starts workers fast and needs nothing pickled; the parent holds no model to copy.
     context = multiprocess.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    prepare = getattr(source, "prepare", None)
+    if prepare is not None:
+        prepare()  # early errors, and libraries the forked workers share
     threads = max(1, cpu_count() // count)
     pending = deque(range(len(items)))
     crew: dict[int, _Worker] = {}

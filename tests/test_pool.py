@@ -157,6 +157,17 @@ def test_a_model_that_cannot_load_stops_the_run_with_its_reason():
         list(run_pool(echo, range(3), model=BrokenSource(), workers=2, progress=False))
 
 
+def test_a_bad_model_file_fails_in_the_parent_before_any_worker_starts(tmp_path):
+    path = tmp_path / "notes.gguf"
+    path.write_text("not weights")
+
+    def never(model, item):
+        raise AssertionError("no item should run")
+
+    with pytest.raises(ModelError, match="notes.gguf is not a GGUF file"):
+        list(run_pool(never, range(3), model=LlamaSource(path), workers=2, progress=False))
+
+
 class Unpicklable:
     def __reduce__(self):
         raise TypeError("cannot pickle this")

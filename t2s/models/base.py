@@ -65,6 +65,9 @@ class ModelSource(Protocol):
 
     def load(self, *, threads: int | None = None, worker_index: int = 0) -> Model: ...
 
+    # Optional: `prepare()` runs in the pool's parent before any worker starts. It may check
+    # files and import libraries, never load a model.
+
 
 def check_schema(schema: Any) -> None:
     """ModelError "invalid JSON schema: ..." unless `schema` is a valid JSON schema object."""

@@ -28,12 +28,15 @@ class LlamaSource:
         self.path = str(self.path)
         self.name = self.name or Path(self.path).name.removesuffix(".gguf")
 
-    def load(self, *, threads: int | None = None, worker_index: int = 0) -> LlamaModel:
+    def prepare(self) -> None:
+        """Run in the pool's parent before forking: check the file and import llama_cpp (no
+        model is loaded), so errors come early and workers share the library's memory."""
         read_gguf(self.path)  # a missing, foreign or truncated file gets a precise message
-        try:
-            import llama_cpp
-        except ImportError:
-            raise ModelError(f"llama-cpp-python is not installed: {INSTALL_HINT}") from None
+        _import_llama_cpp()
+
+    def load(self, *, threads: int | None = None, worker_index: int = 0) -> LlamaModel:
+        self.prepare()
+        llama_cpp = _import_llama_cpp()
         try:
             llama = llama_cpp.Llama(
                 model_path=self.path,
@@ -49,6 +52,14 @@ class LlamaSource:
                 f"llama.cpp cannot load {self.path} ({error}); is it a model llama.cpp supports?"
             ) from None
         return LlamaModel(llama, self.name)
+
+
+def _import_llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ModelError(f"llama-cpp-python is not installed: {INSTALL_HINT}") from None
+    return llama_cpp
 
 
 class LlamaModel:
