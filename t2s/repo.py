@@ -567,6 +567,8 @@ class SkillsRepo:
         come from `modes`, then from `base_tree`, else 100644. `extra` adds non-skill files.
         """
         base = self.tree_entries(base_tree) if base_tree else {}
+        # The base's blobs exist already: unchanged files are not written again.
+        self._known_objects.update(sha for _mode, sha in base.values())
         modes = modes or {}
         files: dict[str, tuple[str, str]] = {
             path: entry for path, entry in base.items() if not _is_skill_path(path)
@@ -633,6 +635,9 @@ class SkillsRepo:
 
         No ref moves: pass the sha to `update_refs`.
         """
+        if not _HEX40.match(tree) or self._object_type(tree) != "tree":
+            raise RepoError(f"{tree!r} is not a tree of {self.path}")
+        parents = [self.resolve(parent) for parent in parents]
         lines = [f"tree {tree}"]
         lines += [f"parent {parent}" for parent in parents]
         lines.append(f"author {self._identity('AUTHOR')}")

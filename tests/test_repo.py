@@ -398,6 +398,19 @@ def test_commits_honour_the_git_identity_environment(repo, monkeypatch):
 # -- refs ------------------------------------------------------------------------------------
 
 
+def test_commit_tree_refuses_what_is_not_a_tree_or_a_commit(repo):
+    main = repo.resolve("main")
+    with pytest.raises(RepoError, match="is not a tree"):
+        repo.commit_tree(main, [], "x\n")  # a commit, not a tree
+    with pytest.raises(RepoError, match="is not a tree"):
+        repo.commit_tree("main", [], "x\n")
+    with pytest.raises(RepoError, match="unknown ref 'nope'"):
+        repo.commit_tree(repo.tree_of("main"), ["nope"], "x\n")
+    # A parent given by name is resolved to its sha.
+    sha = repo.commit_tree(repo.tree_of("main"), ["main"], "x\n")
+    assert repo.commit_info(sha).parents == [main]
+
+
 def test_update_refs_is_all_or_nothing(repo):
     main = repo.resolve("main")
     repo.update_refs({"t2s/r/a": main, "t2s/r/b": main}, expected_old={"t2s/r/a": ZERO_SHA})
