@@ -1033,13 +1033,16 @@ class SkillsRepo:
                 f"+refs/heads/t2s/*/result:{tracking}/t2s/*/result",
                 f"+{NOTES_REF}:{remote_notes}",
             ])
-            updates = self._adopt_results(tracking)
-            updates += self._merge_notes(remote_notes)
             theirs = self._ref_sha(f"{tracking}/{MAIN}")
             if theirs is None:
                 raise RepoError(f"{remote} has no {MAIN} branch: it is not a t2s skills repository")
-            updates.append(self._bring_main_up_to_date(theirs, f"{remote_name}/{MAIN}"))
-            return SyncResult(remote, updates)
+            # Fetching only wrote tracking refs; decide about main before any local ref moves.
+            new_main, main_update = self._plan_main(theirs, f"{remote_name}/{MAIN}")
+            updates = self._adopt_results(tracking)
+            updates += self._merge_notes(remote_notes)
+            if new_main is not None:
+                self.move_branch(MAIN, new_main)
+            return SyncResult(remote, updates + [main_update])
 
     def _remote_label(self, remote: str) -> str:
         if remote in [r.name for r in self.repo.remotes]:
@@ -1102,15 +1105,16 @@ class SkillsRepo:
                             remote_notes)
         return ["notes: merged"]
 
-    def _bring_main_up_to_date(self, theirs: str, label: str) -> str:
+    def _plan_main(self, theirs: str, label: str) -> tuple[str | None, str]:
+        """(new sha for main or None, what happens), refusing before anything moves when main
+        is checked out with local changes or the two mains conflict."""
         mine = self._ref_sha(f"refs/heads/{MAIN}")
         if mine == theirs or (mine and self._is_ancestor(theirs, mine)):
-            return f"{MAIN}: up to date"
-        if self.current_branch() == MAIN or self.current_branch() is None:
+            return None, f"{MAIN}: up to date"
+        if self.current_branch() in (MAIN, None):
             self.check_clean()
         if mine is None or self._is_ancestor(mine, theirs):
-            self.move_branch(MAIN, theirs)
-            return f"{MAIN}: fast-forwarded to {theirs[:7]}"
+            return theirs, f"{MAIN}: fast-forwarded to {theirs[:7]}"
         merged = self.merge_tree(mine, theirs)
         if not merged.clean:
             raise RepoError(
@@ -1120,8 +1124,7 @@ class SkillsRepo:
             )
         message = f"Merge {label} into {MAIN}\n\n{format_trailers([('T2S-Pull', label)])}\n"
         sha = self.commit_tree(merged.tree, [mine, theirs], message)
-        self.move_branch(MAIN, sha)
-        return f"{MAIN}: merged {label} ({sha[:7]})"
+        return sha, f"{MAIN}: merged {label} ({sha[:7]})"
 
     def _is_ancestor(self, older: str, newer: str) -> bool:
         status, _out, _err = self.repo.git.merge_base(

@@ -169,10 +169,12 @@ def test_pull_refuses_local_changes_and_changes_nothing(shared, tmp_path):
     evolve(alice, "run2", "- Check totals.")
     alice.push("origin")
     before = bob.resolve("main")
+    refs_before = git(bob.path, "for-each-ref", "refs/heads", "refs/notes/t2s")
     (bob.path / "SKILL.md").write_text("my local edit\n")
     with pytest.raises(RepoError, match="uncommitted changes"):
         bob.pull("origin")
     assert bob.resolve("main") == before
+    assert git(bob.path, "for-each-ref", "refs/heads", "refs/notes/t2s") == refs_before
     assert (bob.path / "SKILL.md").read_text() == "my local edit\n"
 
 
