@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import json
 import math
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any, NamedTuple
 
 import openpyxl
 from openpyxl.utils import column_index_from_string, get_column_letter
+from openpyxl.utils.cell import coordinate_from_string
 from openpyxl.worksheet.formula import ArrayFormula, DataTableFormula
 
 from t2s.errors import TaskError
@@ -36,6 +39,7 @@ from t2s.tasks import Task, TestCase
 
 MISMATCH_CAP = 50
 LIBREOFFICE_TIMEOUT = 120
+FORMULAS_TIMEOUT = 120
 ENGINES = ("auto", "libreoffice", "formulas")
 
 _EXCEL_EPOCH = dt.datetime(1899, 12, 30)
@@ -519,17 +523,84 @@ def _evaluate_with_libreoffice(
 def _evaluate_with_formulas(
     output_path: Path, formula_cells: dict[tuple[str, str], str]
 ) -> dict[tuple[str, str], Any]:
+    """Run the engine in a child process: it can take minutes on a big workbook, so it gets a
+    time limit, and whatever it does to memory stays out of the caller."""
+    request = json.dumps({"path": str(output_path), "cells": list(formula_cells)})
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            part for part in (package_root, os.environ.get("PYTHONPATH")) if part
+        ),
+    }
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-c", "from t2s.checker import _formulas_child; _formulas_child()"],
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=FORMULAS_TIMEOUT,
+            check=False,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise _EvaluationFailed(f"timed out after {FORMULAS_TIMEOUT}s") from None
+    try:
+        reply = json.loads(finished.stdout)
+    except json.JSONDecodeError:
+        detail = finished.stderr.strip().splitlines()[-1:] or [f"exit {finished.returncode}"]
+        raise _EvaluationFailed(f"the engine process failed: {detail[0][:200]}") from None
+    if "error" in reply:
+        raise _EvaluationFailed(reply["error"])
+    return {
+        (sheet, coordinate): _Unevaluated(value["unevaluated"])
+        if isinstance(value, dict)
+        else value
+        for sheet, coordinate, value in reply["values"]
+    }
+
+
+def _formulas_child() -> None:
+    """The engine process: a JSON request on stdin, the formula cells' values on stdout."""
+    request = json.load(sys.stdin)
+    cells = {(sheet, coordinate): "" for sheet, coordinate in request["cells"]}
+    try:
+        values = _evaluate_in_process(Path(request["path"]), cells)
+    except _EvaluationFailed as failure:
+        json.dump({"error": str(failure)}, sys.stdout)
+        return
+    reply = [
+        [
+            sheet,
+            coordinate,
+            {"unevaluated": value.reason} if isinstance(value, _Unevaluated) else value,
+        ]
+        for (sheet, coordinate), value in values.items()
+    ]
+    json.dump({"values": reply}, sys.stdout, default=str)
+
+
+def _evaluate_in_process(
+    output_path: Path, formula_cells: dict[tuple[str, str], str]
+) -> dict[tuple[str, str], Any]:
     try:
         import formulas
     except ImportError:
         raise _EvaluationFailed("the formulas package is not installed") from None
-    try:
-        # formulas draws progress bars on stderr; keep the caller's output clean.
-        with contextlib.redirect_stderr(io.StringIO()):
-            model = formulas.ExcelModel().loads(str(output_path)).finish()
-            solution = model.calculate()
-    except Exception as error:  # noqa: BLE001 - the engine fails in many ways on odd workbooks
-        raise _EvaluationFailed(_short(error)) from None
+    with tempfile.TemporaryDirectory(prefix="t2s-formulas-") as scratch:
+        # A plain file name: the engine parses the path inside its range references.
+        workbook = Path(scratch) / "workbook.xlsx"
+        shutil.copyfile(output_path, workbook)
+        try:
+            # Build only the formula cells of the answer and what they depend on: on a large
+            # workbook that is seconds instead of minutes. The engine draws progress bars on
+            # stderr; keep the caller's output clean.
+            with contextlib.redirect_stderr(io.StringIO()):
+                ranges = _engine_ranges(workbook, formula_cells)
+                model = formulas.ExcelModel().from_ranges(*ranges).finish()
+                solution = model.calculate()
+        except Exception as error:  # noqa: BLE001 - the engine fails in many ways on odd books
+            raise _EvaluationFailed(_short(error)) from None
     by_cell = {}
     for key, value in solution.items():
         location = _solution_location(str(key))
@@ -543,6 +614,24 @@ def _evaluate_with_formulas(
         else:
             values[(sheet, coordinate)] = _plain_value(value)
     return values
+
+
+def _engine_ranges(workbook: Path, formula_cells: dict[tuple[str, str], str]) -> list[str]:
+    """One range per sheet covering its formula cells, e.g. `'/tmp/x/[workbook.xlsx]Data'!B2:C9`."""
+    bounds: dict[str, list[int]] = {}
+    for sheet, coordinate in formula_cells:
+        col, row = coordinate_from_string(coordinate)
+        col = column_index_from_string(col)
+        box = bounds.setdefault(sheet, [col, row, col, row])
+        box[:] = [min(box[0], col), min(box[1], row), max(box[2], col), max(box[3], row)]
+    prefix = f"{workbook.parent}/[{workbook.name}]"
+    return [
+        "'"
+        + (prefix + sheet).replace("'", "''")
+        + "'!"
+        + f"{get_column_letter(c1)}{r1}:{get_column_letter(c2)}{r2}"
+        for sheet, (c1, r1, c2, r2) in bounds.items()
+    ]
 
 
 def _solution_location(key: str) -> tuple[str, str] | None:

@@ -258,9 +258,8 @@ def test_a_correct_formula_passes_only_after_evaluation(tmp_path, no_libreoffice
     output = _book(tmp_path / "o.xlsx", {**BASE, "B1": "=SUM(A1:A3)"})
     # openpyxl writes no result for the formula: read as values, the cell is empty.
     assert openpyxl.load_workbook(output, data_only=True).active["B1"].value is None
-    result = check_case(task, task.cases[0], output)
-    assert result.passed and result.judge == "formulas"
-    assert check_task(task, {"1": output}).judge == "formulas"
+    result = check_task(task, {"1": output})
+    assert result.hard and result.judge == "formulas" and result.cases[0].judge == "formulas"
 
 
 def test_a_wrong_formula_fails_with_its_value_and_text(tmp_path, no_libreoffice):
@@ -349,3 +348,25 @@ def test_unknown_engine_is_refused(tmp_path):
     task = _task(tmp_path, "A1", {"A1": 1})
     with pytest.raises(TaskError, match="formula engine"):
         check_case(task, task.cases[0], tmp_path / "x.xlsx", engine="excel")
+
+
+def test_formulas_follow_dependencies_across_sheets(tmp_path, no_libreoffice):
+    # The answer's formula reads another sheet whose own cells are formulas with no results.
+    cells = {"Data, 1!A1": 2, "Data, 1!A2": 3, "Data, 1!B1": "=A1*A2", "Out!A1": None}
+    gold = {"Data, 1!A1": 2, "Data, 1!A2": 3, "Out!A1": 60}
+    task = _task(tmp_path, "'Out'!A1", gold, sheet="Data, 1", extra_sheets=["Out"])
+    output = {**cells, "Out!A1": "='Data, 1'!B1*10"}
+    result = check_case(
+        task,
+        task.cases[0],
+        _book(tmp_path / "o.xlsx", output, sheet="Data, 1", extra_sheets=["Out"]),
+    )
+    assert result.passed and result.judge == "formulas", result.to_dict()
+
+
+def test_a_formula_engine_that_runs_too_long_fails_the_cells(tmp_path, monkeypatch, no_libreoffice):
+    monkeypatch.setattr(checker, "FORMULAS_TIMEOUT", 0.01)
+    task = _task(tmp_path, "B1", {**BASE, "B1": 6})
+    output = _book(tmp_path / "o.xlsx", {**BASE, "B1": "=SUM(A1:A3)"})
+    result = check_case(task, task.cases[0], output)
+    assert not result.passed and "timed out" in result.mismatches[0].got
