@@ -253,3 +253,18 @@ def test_empty_or_missing_remotes_are_clear_errors(shared, tmp_path):
     with pytest.raises(RepoError, match="cannot fetch from .*does not appear to be a git repo"):
         alice.pull(str(tmp_path / "nowhere"))
     assert not (tmp_path / "copy").exists()
+
+
+def test_pull_refuses_mains_the_rules_cannot_merge(shared, tmp_path):
+    alice, bare, _patch, _result = shared
+    bob = SkillsRepo.clone(str(bare), tmp_path / "bob")
+    for repo, value in ((alice, "1"), (bob, "2")):
+        patched = repo.read_skill().with_file("scripts/check.py", f"LIMIT = {value}\n")
+        repo.move_branch("main", repo.create_patch_branch(
+            "s", 1, repo.resolve("main"), patched, PatchCommit(lesson=f"limit {value}")))
+    alice.push("origin")
+    before = bob.resolve("main")
+    with pytest.raises(RepoError, match=r"scripts/check.py .*run `git merge origin/main`"):
+        bob.pull("origin")
+    assert bob.resolve("main") == before
+    assert git(bob.path, "status", "--porcelain") == ""
