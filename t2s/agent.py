@@ -42,7 +42,7 @@ CHANGING_TOOLS = ("write_cells", "run_python")
 
 ROLE = """You are a spreadsheet agent. You edit the workbook `workbook.xlsx` in your working \
 folder so that it answers the user's instruction. You act through tools, one JSON step per turn:
-{"thought": "<short reasoning>", "section": {section}, "tool": "<tool name>", "args": {...}}
+{"tool": "<tool name>", "thought": "<short reasoning>", "section": {section}, "args": {...}}
 
 Rules:
 - Put the answer exactly at the answer position; leave everything else as it is.
