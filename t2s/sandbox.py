@@ -65,6 +65,11 @@ if _p["uid"] is not None:
     if _libc.capset(ctypes.byref(_Header(0x20080522, 0)), _data) != 0:
         raise SystemExit("sandbox: capset failed")
     resource.setrlimit(resource.RLIMIT_NPROC, (_p["processes"], _p["processes"]))
+    # Die with the process that started us (a pool worker killed on a timeout cannot clean up).
+    # Set after setuid, which clears it.
+    _libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    if os.getppid() != _p["parent"]:
+        os._exit(1)
 sys.argv = [_p["name"]]
 _code = compile(_source, _p["name"], "exec")
 exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})  # fresh globals
@@ -158,6 +163,7 @@ def _run(code: str, workdir: Path, limits: SandboxLimits, uid: int | None) -> Sa
             "uid": uid,
             "processes": processes,
             "script": str(script),
+            "parent": os.getpid(),
             "name": CODE_NAME,
         }
         with open(out_path, "wb") as out, open(err_path, "wb") as err:

@@ -171,3 +171,37 @@ def test_a_missing_workdir_is_created(tmp_path):
 def test_limits_round_trip():
     limits = SandboxLimits(seconds=5, memory_mb=256, cpu_seconds=3, file_mb=1, processes=8)
     assert SandboxLimits.from_dict(limits.to_dict()) == limits
+
+
+def test_the_code_dies_with_the_process_that_ran_it(workdir):
+    """A pool worker killed on its timeout must not leave the model's code running."""
+    import signal
+    import subprocess
+    import sys
+
+    if sandbox._sandbox_uid() is None:
+        pytest.skip("not root: the parent-death signal is set by the uid-isolated bootstrap")
+    code = "import time\ntime.sleep(3)\nopen('alive', 'w').write('yes')"
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys\nfrom t2s.sandbox import run_python, SandboxLimits\n"
+                f"run_python({code!r}, {str(workdir)!r}, SandboxLimits(seconds=60))"
+            ),
+        ]
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and worker.poll() is None:
+        # Wait until the sandboxed child exists, then kill its parent outright.
+        children = subprocess.run(
+            ["pgrep", "-P", str(worker.pid)], check=False, capture_output=True, text=True
+        ).stdout.split()
+        if children:
+            break
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    time.sleep(4)
+    assert not (workdir / "alive").exists()
