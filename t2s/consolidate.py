@@ -706,6 +706,15 @@ def operator_messages(
     ]
 
 
+def operator_schema() -> dict:
+    """PATCH_SCHEMA with at least one edit and a short reasoning, so a small model under the
+    grammar cannot answer with nothing, nor spend its tokens before the edits."""
+    schema = patch_schema()
+    schema["properties"]["edits"]["minItems"] = 1
+    schema["properties"]["reasoning"]["maxLength"] = 240
+    return schema
+
+
 def run_operator(
     model,
     base: Skill,
@@ -717,7 +726,7 @@ def run_operator(
     """Ask the operator, guard its patch, and give it `repair_rounds` more tries; or raise."""
     notes: list[str] = []
     messages = list(messages)
-    options = ChatOptions(schema=patch_schema(), max_tokens=max_tokens, temperature=0.0, seed=0)
+    options = ChatOptions(schema=operator_schema(), max_tokens=max_tokens, temperature=0.0, seed=0)
     last_problem = ""
     for attempt in range(1 + repair_rounds):
         try:
@@ -967,7 +976,8 @@ def _build_tree(
                                      expected_old={job.ref: job.old or ZERO_SHA})
                     existing[job.ref] = record.sha
                     records[job.index] = record
-                    bar.advance(ok=not record.fallback, note=f"level {level} node {job.index}")
+                    note = " (rules fallback)" if record.fallback else ""
+                    bar.advance(note=f"level {level} node {job.index}{note}")
                 for index, record in enumerate(records):
                     wanted_refs[f"t2s/{run_id}/merge/{level}/{index}"] = record.sha
                 nodes.extend(records)

@@ -463,7 +463,7 @@ def test_real_merge_of_three_patches_with_the_embedded_model(repo, tmp_path, emb
     add_patch(repo, "r1", 1, append("Reading", PREVALENT))
     add_patch(repo, "r1", 2, append("Writing", SINGLETON))
     source = resolve_model(str(embedded_model_path))
-    result = run_merge(repo, tmp_path, model=source, max_tokens=160, repair_rounds=1)
+    result = run_merge(repo, tmp_path, model=source, max_tokens=64, repair_rounds=0)
     skill = repo.read_skill(result.result_sha)
     assert validate_skill(skill) == []
     info = repo.commit_info(result.result_sha)
