@@ -427,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(ours_path, "wb") as stream:
         stream.write(outcome.text.encode("utf-8"))
     log_path = os.environ.get(CONFLICT_LOG_ENV)
+    settled = sum(1 for conflict in outcome.conflicts if conflict.resolution == "ours")
+    if settled and not log_path:
+        print(f"t2s merge driver: {path}: {settled} competing edit(s) had equal support; "
+              "kept ours", file=sys.stderr)
     if log_path and outcome.conflicts:
         import json
 

@@ -165,8 +165,9 @@ def run_driver(tmp_path, base, ours, theirs, env=None):
 def test_driver_process_writes_ours_and_exits_by_openness(tmp_path):
     ours = BASE.replace("- Save to the output path.", "- Save with openpyxl.")
     theirs = BASE.replace("- Save to the output path.", "- Save a copy.")
-    status, text, _ = run_driver(tmp_path, BASE, ours, theirs)
+    status, text, stderr = run_driver(tmp_path, BASE, ours, theirs)
     assert (status, text) == (0, ours)
+    assert "SKILL.md: 1 competing edit(s) had equal support; kept ours" in stderr
 
     support = tmp_path / "support.json"
     support.write_text(json.dumps({}))
