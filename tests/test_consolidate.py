@@ -508,3 +508,12 @@ def test_same_new_reference_from_two_patches_and_a_modify_delete_conflict(tmp_pa
     assert validate_skill(skill) == []
     assert any("changed on one side and deleted on the other" in note
                for note in result.nodes[-1].notes)
+
+
+def test_cli_merge_with_accept_moves_main(repo, tmp_path):
+    add_patch(repo, "r1", 0, append("Reading", PREVALENT))
+    outcome = CliRunner().invoke(cli, ["merge", "r1", "--rules-only", "--accept", "--repo",
+                                       str(repo.path), "--runs-dir", str(tmp_path / "runs")])
+    assert outcome.exit_code == 0, outcome.output
+    assert "(run r1 accepted)" in outcome.output
+    assert repo.resolve("main") == repo.resolve("t2s/r1/result")

@@ -25,7 +25,7 @@ SHOWN = 10  # lessons listed per kind in the summary; the rest are in the commit
 
 
 @main.command("merge")
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.option("--batch", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(min=2),
               help="Branches merged per node of the tree.")
 @click.option("--model", default="embedded", show_default=True,
@@ -75,7 +75,7 @@ def merge(run_id, batch, model, rules_only, min_support, singletons, repair_roun
 
 
 @main.command("accept")
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @repo_option
 def accept_command(run_id, repo_path):
     """Move main to t2s/RUN/result (a fast-forward; refused when main has moved since the run)."""
