@@ -431,6 +431,13 @@ def _pair_links(draft: _Draft, dropped: dict[str, str]) -> None:
         for link in skill.links():
             if link.path in skill.files:
                 continue
+            if link.path in draft.base.files:  # a deleted file something still links to: keep it
+                for change, index, key, _text in list(draft.blocks()):
+                    if change.file == link.path and change.deletion:
+                        change.kept[index] = False
+                        dropped[key] = f"{link.file} still links to {link.path}"
+                        changed = True
+                continue
             for change, index, key, text in list(draft.blocks()):
                 if change.file == link.file and link.target in text:
                     change.kept[index] = False

@@ -517,3 +517,23 @@ def test_cli_merge_with_accept_moves_main(repo, tmp_path):
     assert outcome.exit_code == 0, outcome.output
     assert "(run r1 accepted)" in outcome.output
     assert repo.resolve("main") == repo.resolve("t2s/r1/result")
+
+
+def test_a_deleted_reference_that_is_still_linked_comes_back(tmp_path):
+    skill_dir = tmp_path / "skill"
+    (skill_dir / "references").mkdir(parents=True)
+    (skill_dir / "SKILL.md").write_text(BASE_SKILL + "\nSee [old notes](references/old.md).\n")
+    (skill_dir / "references/old.md").write_text("# Old\n\n- An old note.\n")
+    repo = SkillsRepo.init(tmp_path / "repo", from_dir=skill_dir)
+    # two patches delete the file and its link; three rewrite the link line, which wins
+    for n in range(2):
+        add_patch(repo, "r1", n, Edit("delete_file", "references/old.md"),
+                  replace("Writing", "See [old notes](references/old.md).", "- Save."))
+    for n in range(2, 5):
+        add_patch(repo, "r1", n, replace("Writing", "See [old notes](references/old.md).",
+                                         "Read [the old notes](references/old.md) first."))
+    result = run_merge(repo, tmp_path, batch=8)
+    skill = repo.read_skill(result.result_sha)
+    assert "Read [the old notes](references/old.md) first." in skill.files["SKILL.md"]
+    assert "references/old.md" in skill.files
+    assert validate_skill(skill) == []
