@@ -229,12 +229,21 @@ class _Stages:
 
     def merge(self, state: RoundState) -> None:
         from t2s.consolidate import consolidate
+        from t2s.repo import result_branch_name
 
         patches = self.repo.branches(f"t2s/{state.run_id}/patch/")
         state.patches = len(patches)
         if not patches:
-            state.result_commit, state.result_ref = state.base_commit, state.base_ref
-            state.notes.append("no patch was proposed this round: the skill is unchanged")
+            # The round still ends on its result branch (the unchanged skill), so the next
+            # round, `t2s eval` and people find every round's outcome under the same name.
+            state.result_ref = result_branch_name(state.run_id)
+            state.result_commit = state.base_commit
+            with self.repo.lock():
+                self.repo.update_refs({state.result_ref: state.base_commit})
+            state.notes.append(
+                "no patch survived the analysts' quality gate this round: the result is the "
+                "unchanged skill"
+            )
             return
         result = consolidate(
             self.repo,

@@ -290,3 +290,48 @@ def test_cli_reports_bad_options_in_one_line(workspace):
     assert outcome.exit_code == 1 and "Error: nothing to evaluate" in outcome.output
     outcome = CliRunner().invoke(main, ["eval", "--tasks", "suite", "--ablate", "nope"])
     assert outcome.exit_code == 1 and "Error: no run 'nope'" in outcome.output
+
+
+def test_a_round_without_patches_ends_on_the_unchanged_skill(workspace):
+    def failing_agent(messages, options):
+        if messages[0]["content"].startswith("You are a spreadsheet agent"):
+            return {"thought": "give up", "section": "", "tool": "finish", "args": {"summary": "-"}}
+        return reply(messages, options)
+
+    # Every rollout fails and only success analysts run: no patch at all.
+    result = evolve(config_for(workspace, rounds=2, analysts="success"), progress=False,
+                    model_source=ScriptedSource([failing_agent]))
+    repo = SkillsRepo.open(workspace / "skills_repo")
+    main_sha = repo.resolve("main")
+    for state in result.rounds:
+        assert state.patches == 0 and state.finished
+        assert state.result_commit == state.base_commit == main_sha
+        assert repo.resolve(f"t2s/{state.run_id}/result") == main_sha
+        assert "quality gate" in state.notes[0]
+        assert state.scores["result"]["soft"] == 0.0
+
+
+@pytest.mark.model
+def test_one_real_round_with_the_embedded_model(tmp_path, embedded_model_path):
+    """The whole loop on the embedded model: 1 bundled task to evolve on, 1 held out, tiny budgets."""
+    SkillsRepo.init(tmp_path / "skills_repo")
+    config = Config(tasks="bundled", model=str(embedded_model_path), rounds=1, workers=2,
+                    limit=1, turns=2, max_tokens=96, timeout=600, analysts="error",
+                    repo=str(tmp_path / "skills_repo"), runs_dir=str(tmp_path / "runs"),
+                    run_id="real")
+    result = evolve(config, progress=False)
+    state = result.rounds[0]
+    assert state.done == ["rollout", "analysis", "merge", "eval"]
+    run_dir = tmp_path / "runs" / "real" / "round-1"
+    trajectories = list((run_dir / "trajectories").glob("*.json"))
+    assert len(trajectories) == 1
+    from t2s.trajectory import Trajectory
+
+    trajectory = Trajectory.load(trajectories[0])
+    assert trajectory.model.startswith("SmolLM2") and trajectory.steps
+    assert trajectory.tokens["completion"] > 0
+    assert len(list((run_dir / "analysis").glob("*.json"))) == 1
+    repo = SkillsRepo.open(tmp_path / "skills_repo")
+    assert repo.resolve(state.result_ref) == state.result_commit
+    assert set(state.scores) == {"base", "result"}
+    assert Path(result.files["plot"]).read_bytes()[:4] == b"\x89PNG"
