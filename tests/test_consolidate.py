@@ -537,3 +537,12 @@ def test_a_deleted_reference_that_is_still_linked_comes_back(tmp_path):
     assert "Read [the old notes](references/old.md) first." in skill.files["SKILL.md"]
     assert "references/old.md" in skill.files
     assert validate_skill(skill) == []
+
+
+def test_consolidation_starts_the_driver_without_site_packages(monkeypatch):
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    config = consolidate_module.fast_driver_config()
+    assert config["GIT_CONFIG_COUNT"] == "2"
+    assert config["GIT_CONFIG_KEY_1"] == "merge.t2s-skill.driver"
+    assert " -S " in config["GIT_CONFIG_VALUE_1"]
+    assert config["GIT_CONFIG_VALUE_1"].endswith("mergedriver.py %O %A %B %L %P")
