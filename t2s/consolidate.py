@@ -61,9 +61,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from t2s import mergedriver
 from t2s.errors import ModelError, PatchError, RepoError, RunError, SkillError
 from t2s.fsutil import atomic_write_json, read_json
-from t2s import mergedriver
 from t2s.mergedriver import (
     CONFLICT_LOG_ENV,
     SUPPORT_ENV,
