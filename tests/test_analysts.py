@@ -372,3 +372,38 @@ def test_missing_trajectories_is_a_clear_error(tmp_path):
     repo = SkillsRepo.init(tmp_path / "skills_repo")
     with pytest.raises(RunError, match="run `t2s rollout` first"):
         run_analysis(tmp_path / "nowhere", repo, model=ScriptedSource(["x"]), progress=False)
+
+
+@pytest.mark.model
+def test_embedded_model_run_ends_with_a_summary_and_a_valid_repository(
+    tmp_path, embedded_model_path
+):
+    from t2s.models import resolve_model
+
+    run_dir, repo = make_run(tmp_path, {"sum-a": 100, "sum-b": 80})
+    main_before = repo.resolve("main")
+    summary = run_analysis(
+        run_dir,
+        repo,
+        model=resolve_model(str(embedded_model_path)),
+        workers=1,
+        turns=2,
+        max_tokens=64,
+        progress=False,
+    )
+    assert summary.analysed == 2 and summary.selected == 2
+    for result in summary.records:
+        assert result.status in ("branch", "rejected", "dropped", "error")
+        assert result.model == embedded_model_path.stem
+        # Whatever happened, it is recorded with its reason.
+        assert result.status == "branch" or result.reasons, result
+        if result.analyst == "error" and result.status != "error":
+            assert result.turns == 2 and len(result.steps) == 2
+    # The repository: main untouched, and only valid one-commit patch branches of this run.
+    assert repo.resolve("main") == main_before
+    patch_refs = repo.branches("t2s/")
+    assert set(patch_refs) == {r.branch for r in summary.records if r.status == "branch"}
+    for branch in patch_refs:
+        assert repo.commit_info(branch).parents == [main_before]
+        assert validate_skill(repo.read_skill(branch)) == []
+    repo.repo.git.fsck("--strict")

@@ -31,12 +31,12 @@ from t2s.analysts.records import (
     AnalysisRecord,
     Reason,
 )
-from t2s.analysts.success import EDIT_HELP
+from t2s.analysts.success import EDIT_HELP, grammar_patch_properties
 from t2s.analysts.vetting import vet_patch
 from t2s.checker import CaseResult, check_case, parse_answer_position
 from t2s.errors import TaskError
 from t2s.models.base import Model
-from t2s.patch import MAX_LESSONS, patch_schema
+from t2s.patch import MAX_LESSONS
 from t2s.sandbox import SandboxLimits, run_python
 from t2s.skill import Skill
 from t2s.tasks import Task, TestCase
@@ -131,7 +131,8 @@ class Workbench:
                     "type": "object",
                     "additionalProperties": False,
                     "required": ["code"],
-                    "properties": {"code": {"type": "string", "maxLength": 3000}},
+                    # Unbounded, as in the agent: the reply's token budget bounds the code.
+                    "properties": {"code": {"type": "string"}},
                 },
                 self.run,
             ),
@@ -199,16 +200,16 @@ class Workbench:
 
 
 def submit_schema() -> dict:
-    patch = patch_schema()
+    patch = grammar_patch_properties()
     return {
         "type": "object",
         "additionalProperties": False,
         "required": ["diagnosis", "lessons", "reasoning", "edits"],
         "properties": {
-            "diagnosis": {"type": "string", "maxLength": 600},
-            "lessons": patch["properties"]["lessons"],
-            "reasoning": patch["properties"]["reasoning"],
-            "edits": patch["properties"]["edits"],
+            "diagnosis": {"type": "string"},
+            "lessons": patch["lessons"],
+            "reasoning": patch["reasoning"],
+            "edits": patch["edits"],
         },
     }
 

@@ -20,8 +20,6 @@ from t2s.patch import MAX_LESSONS, patch_schema
 from t2s.skill import Skill
 from t2s.trajectory import Trajectory
 
-SOLUTION_PATH_CHARS = 800
-
 EDIT_HELP = """\
 Each edit is one object {"op", "file", "section", "anchor", "target", "content"}; set the
 fields an op does not use to "". file is "SKILL.md" or "references/<name>.md".
@@ -48,18 +46,41 @@ the skill and one trajectory in which the agent solved its task. Reply with one 
 
 def success_schema() -> dict:
     """The reply schema: the lean path and lessons first, then the patch's own fields."""
-    patch = patch_schema()["properties"]
+    patch = grammar_patch_properties()
     return {
         "type": "object",
         "additionalProperties": False,
         "required": ["solution_path", "lessons", "reasoning", "edits"],
         "properties": {
-            "solution_path": {"type": "string", "maxLength": SOLUTION_PATH_CHARS},
+            "solution_path": {"type": "string"},
             "lessons": patch["lessons"],
             "reasoning": patch["reasoning"],
             "edits": patch["edits"],
         },
     }
+
+
+def grammar_patch_properties() -> dict:
+    """PATCH_SCHEMA's properties without string length bounds, for decoding.
+
+    llama.cpp turns each bounded string into nested rules that make sampling slow (and long
+    bounds are refused outright); the reply's token budget bounds the strings instead, and
+    `Patch.from_dict` still enforces the limits on what comes back.
+    """
+    properties = patch_schema()["properties"]
+    _drop_string_bounds(properties)
+    return properties
+
+
+def _drop_string_bounds(schema) -> None:
+    if isinstance(schema, dict):
+        if schema.get("type") == "string":
+            schema.pop("maxLength", None)
+        for value in schema.values():
+            _drop_string_bounds(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _drop_string_bounds(value)
 
 
 def success_messages(skill: Skill, trajectory: Trajectory) -> list[dict]:
