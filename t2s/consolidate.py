@@ -709,7 +709,8 @@ def operator_messages(
                   "may recur in other groups), merging duplicates.")
     parts.append(
         "\nTASK: write ONE patch against BASE that merges duplicate edits into one, resolves the "
-        f"conflicts in favour of the better supported or clearer edit, and uses at most 6 edits. "
+        f"conflicts in favour of the better supported or clearer edit, and uses at most 6 edits "
+        "(one edit's content may hold several lines, e.g. several bullets for one section). "
         f"{policy} Target only files and sections that exist in BASE. List the lessons you kept."
     )
     return [

@@ -405,6 +405,9 @@ def test_two_hundred_patches_with_the_scripted_operator(repo, tmp_path):
     result = run_merge(repo, tmp_path, operator=model, workers=2)
     assert result.levels == 2 and len(result.nodes) == 8
     assert len(model.calls) == 8 and not result.fallbacks
+    prompts = [call[0][1]["content"] for call in model.calls]
+    assert all("This is not the last level" in prompt for prompt in prompts[:7])
+    assert "Keep lessons with support 2 or more" in prompts[7]
     assert result.nodes[-1].patches == list(range(200))
     skill = repo.read_skill(result.result_sha)
     assert validate_skill(skill) == [] and PRINCIPLE in skill.files["SKILL.md"]
