@@ -5,7 +5,11 @@ task; the untouched input checked against gold fails for most; formula evaluatio
 small workbook (the `formulas` engine, and LibreOffice when it is installed). Also the bundled
 suite: load time and gold-vs-gold for all its tasks.
 
-Run: .venv/bin/python bench/bench_checker.py [SUITE_DIR]
+Run: .venv/bin/python bench/bench_checker.py [SUITE_DIR] [--formula-answers]
+
+--formula-answers also re-saves every gold workbook of the sample with openpyxl (which drops
+formula results) and checks it, so each formula answer is judged by evaluation alone; that
+takes several minutes without LibreOffice.
 """
 
 from __future__ import annotations
@@ -107,8 +111,41 @@ def bench_formulas() -> None:
             print("  libreoffice not installed: skipped")
 
 
+def bench_formula_answers(path) -> None:
+    """Gold workbooks re-saved by openpyxl lose their cached results, exactly like an agent's
+    output: every task whose answer holds formulas must then pass by evaluation alone."""
+    suite = load_suite(path)
+    outcomes: dict[str, list[str]] = {"pass": [], "fail": [], "values": []}
+    seconds = []
+    with tempfile.TemporaryDirectory(prefix="t2s-bench-resaved-") as scratch:
+        for task in suite.tasks:
+            case = task.cases[0]
+            resaved = Path(scratch) / f"{task.id}.xlsx"
+            openpyxl.load_workbook(case.answer_path).save(resaved)
+            start = time.perf_counter()
+            result = check_task(task, {case.name: resaved})
+            if result.judge == "values":
+                outcomes["values"].append(task.id)
+                continue
+            seconds.append(time.perf_counter() - start)
+            outcomes["pass" if result.hard else "fail"].append(task.id)
+            if not result.hard:
+                first = result.cases[0].mismatches[:1]
+                reason = first[0].describe() if first else result.cases[0].error
+                print(f"    {task.id}: {str(reason)[:150]}")
+    evaluated = len(outcomes["pass"]) + len(outcomes["fail"])
+    print(
+        f"  gold re-saved by openpyxl, judged by evaluation: {len(outcomes['pass'])}/{evaluated} "
+        f"pass ({len(outcomes['values'])} tasks have no formulas in the answer)  "
+        + (describe_times(seconds) if seconds else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    formula_answers = "--formula-answers" in args
+    if formula_answers:
+        args.remove("--formula-answers")
     sample = Path(args[0]) if args else SAMPLE
     ok = True
     if (sample / "dataset.json").is_file():
@@ -119,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = bench_suite("bundled suite", "bundled", None) and ok
     print("Formula evaluation (output written by openpyxl, no cached values):")
     bench_formulas()
+    if formula_answers and (sample / "dataset.json").is_file():
+        bench_formula_answers(sample)
     return 0 if ok else 1
 
 

@@ -370,3 +370,19 @@ def test_a_formula_engine_that_runs_too_long_fails_the_cells(tmp_path, monkeypat
     output = _book(tmp_path / "o.xlsx", {**BASE, "B1": "=SUM(A1:A3)"})
     result = check_case(task, task.cases[0], output)
     assert not result.passed and "timed out" in result.mismatches[0].got
+
+
+def test_whole_column_references_are_bounded_for_the_engine():
+    bounded = checker._bounded_formula
+    assert bounded("=SUMIF(C:C,H2,F:F)", 20, "F") == "=SUMIF(C1:C20,H2,F1:F20)"
+    assert bounded("=SUM('My, Sheet'!$A:$B)", 9, "C") == "=SUM('My, Sheet'!$A1:$B9)"
+    assert bounded("=ROWS($1:1)", 9, "C") == "=ROWS(A$1:C1)"
+    assert bounded('="C:C"&A1', 9, "C") == '="C:C"&A1'  # text is not a reference
+    assert bounded("=SUM(A1:B2)", 9, "C") == "=SUM(A1:B2)"
+
+
+def test_a_whole_column_formula_is_evaluated(tmp_path, no_libreoffice):
+    gold = {"A1": "x", "B1": 1, "A2": "y", "B2": 2, "A3": "x", "B3": 4, "D1": 5}
+    task = _task(tmp_path, "D1", gold)
+    output = _book(tmp_path / "o.xlsx", {**gold, "D1": '=SUMIF(A:A,"x",B:B)'})
+    assert check_case(task, task.cases[0], output).passed
