@@ -614,7 +614,9 @@ def _evaluate_in_process(
     for sheet, coordinate in formula_cells:
         value = by_cell.get((sheet.upper(), coordinate))
         if value is None:
-            values[(sheet, coordinate)] = _Unevaluated("formula was not evaluated by formulas")
+            values[(sheet, coordinate)] = _Unevaluated(
+                "formula not evaluated by formulas (self-reference, or a reference it cannot read)"
+            )
         else:
             values[(sheet, coordinate)] = _plain_value(value)
     return values
