@@ -11,13 +11,14 @@ what it kept).
 
 At each node:
 
-1. **Rules (git + t2s.mergedriver).** The group is folded pairwise with `git merge-tree`
-   (ort), which runs the skill merge driver for every file both sides changed (started as
-   `python -S <file>`, see `fast_driver_config`). The driver gets
-   the group's support map (`T2S_SUPPORT_FILE`), breaks ties for ours (`T2S_MERGE_TIES=ours`,
-   so intermediate trees never hold markers) and logs every tie (`T2S_CONFLICT_LOG`): those are
-   the open conflicts handed to the operator. The intermediate commits of the fold are
-   unreferenced scratch objects. The rules result is then shaped in code: at the last level,
+1. **Rules (git + t2s.mergedriver).** The group is folded pairwise, in rounds (1+2, 3+4, ...,
+   then the results pairwise; left stays "ours"), with `git merge-tree` (ort), which runs the
+   skill merge driver for every file both sides changed (started as `python -S <file>`, see
+   `fast_driver_config`). The pairs of all nodes of a level run on `workers` threads. The driver
+   gets the group's support map (`T2S_SUPPORT_FILE`), breaks ties for ours
+   (`T2S_MERGE_TIES=ours`, so intermediate trees never hold markers) and logs every tie
+   (`T2S_CONFLICT_LOG`): those are the open conflicts handed to the operator. The intermediate
+   commits of the fold are unreferenced scratch objects. The rules result is then shaped in code: at the last level,
    lessons below `min_support` are dropped or moved to `references/rare-lessons.md`; a new
    reference nobody links to and a link to a missing file are dropped; files over the
    validator's line limits lose their least supported lessons; a file that still fails the
@@ -41,7 +42,8 @@ block's normalised text, plus estimates for text the operator wrote (the summed 
 group's lessons it resembles). Maps are stored by commit sha in `<run dir>/merge/support/`, so
 later levels and resumed runs read them; a missing map is rebuilt from the parents.
 
-**Resuming.** A node whose ref exists with exactly the expected parents is reused; a node gets
+**Resuming.** A node whose ref exists with exactly the expected parents (and built for the same
+role: last level or not) is reused, whatever operator built it; a node gets
 its ref only once its commit exists; at the end, refs under `t2s/R/merge/` that are not part of
 the finished tree are deleted in the same transaction that sets `t2s/R/result`. Everything runs
 under `repo.lock()`.
