@@ -1,7 +1,9 @@
 """Hierarchical consolidation: the tree of merge commits, support, operator, guardrails, resume."""
 
 import json
+import signal
 import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -549,3 +551,32 @@ def test_consolidation_starts_the_driver_without_site_packages(monkeypatch):
     assert config["GIT_CONFIG_KEY_1"] == "merge.t2s-skill.driver"
     assert " -S " in config["GIT_CONFIG_VALUE_1"]
     assert config["GIT_CONFIG_VALUE_1"].endswith("mergedriver.py %O %A %B %L %P")
+
+
+KILLER = """
+import os, signal, sys
+from t2s import consolidate as module
+from t2s.repo import SkillsRepo
+real, done = module._finish_node, []
+def finish(context, job, final):
+    if len(done) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    done.append(job.index)
+    return real(context, job, final)
+module._finish_node = finish
+module.consolidate(SkillsRepo.open(sys.argv[1]), "r1", batch=3, run_dir=sys.argv[2], progress=False)
+"""
+
+
+def test_resume_after_a_real_sigkill(repo, tmp_path):
+    for n in range(9):
+        add_patch(repo, "r1", n, append("Reading", f"- Lesson {n % 4}."))
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(repo.path), str(tmp_path / "runs/r1")],
+                            capture_output=True, text=True, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert merge_refs(repo) == ["t2s/r1/merge/1/0", "t2s/r1/merge/1/1"]
+    result = run_merge(repo, tmp_path, batch=3)
+    assert result.reused == 2 and len(result.nodes) == 4
+    assert merge_refs(repo) == ["t2s/r1/merge/1/0", "t2s/r1/merge/1/1", "t2s/r1/merge/1/2",
+                                "t2s/r1/merge/2/0"]
+    assert validate_skill(repo.read_skill(result.result_sha)) == []
