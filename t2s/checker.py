@@ -243,7 +243,7 @@ def normalize(value: Any) -> Any:
         return value
     if isinstance(value, (int, float)):
         number = float(value)
-        return round(number, 2) if math.isfinite(number) else str(value)
+        return _two_decimals(number) if math.isfinite(number) else str(value)
     if isinstance(value, dt.datetime):
         return float(round(excel_serial(value)))
     if isinstance(value, dt.date):
@@ -253,8 +253,14 @@ def normalize(value: Any) -> Any:
     if isinstance(value, dt.timedelta):
         return round(value.total_seconds() / 86400, 2)
     if isinstance(value, str) and _NUMBER.match(value):
-        return round(float(value), 2)
+        return _two_decimals(float(value))
     return value
+
+
+def _two_decimals(number: float) -> float:
+    # Float noise first (8.024999999999999 is how Python computes Excel's 8.025), so that
+    # two spellings of one value cannot round to different cents.
+    return round(round(number, 9), 2)
 
 
 def excel_serial(moment: dt.datetime) -> float:

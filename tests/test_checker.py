@@ -68,6 +68,7 @@ def test_numbers_round_to_two_decimals():
     assert values_match(3.14159, 3.14)
     assert values_match(2, 2.001)
     assert not values_match(2, 2.01)
+    assert values_match(8.025, 8.024999999999999)  # float noise never changes the cents
 
 
 def test_numeric_strings_compare_as_numbers_but_not_loose_text():
