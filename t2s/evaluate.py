@@ -409,7 +409,9 @@ def write_report(report: EvalReport, out_dir: Path) -> None:
         f"Suite `{report.suite}`, {report.split} split, {len(report.task_ids)} tasks, "
         f"model `{report.model}`.\n\n"
     )
-    markdown = render_markdown(score_table(report))
+    scores = score_table(report)
+    scores.title = "Scores"
+    markdown = render_markdown(scores)
     usage = usage_table(report)
     if usage.rows:
         markdown += "\n" + render_markdown(usage)
@@ -662,8 +664,7 @@ def run_eval(config, progress: bool = True, model_source=None) -> EvalReport | A
     from t2s.tasks import load_suite, split_tasks
 
     suite = load_suite(config.tasks)
-    tasks = split_tasks(suite.tasks, config.split, config.split_ratio)
-    tasks = tasks[: config.limit] if config.limit else tasks
+    tasks = limit_tasks(split_tasks(suite.tasks, config.split, config.split_ratio), config.limit)
     runs_dir = Path(config.runs_dir)
     # What to measure is checked before the model is loaded: mistakes fail fast.
     if config.ablate:
@@ -684,6 +685,24 @@ def run_eval(config, progress: bool = True, model_source=None) -> EvalReport | A
         return ablate(repo, run_id, tasks, out_dir=out, **common)
     out = config.out or runs_dir / f"eval-{_digest([measured] + [s.key for s in specs])[:12]}"
     return evaluate(tasks, specs, out_dir=out, title="Evaluation", **common)
+
+
+def limit_tasks(tasks: list[Task], limit: int | None) -> list[Task]:
+    """The first `limit` tasks taking each kind in turn, so a small sample covers many kinds.
+
+    Suites list tasks grouped by kind; a plain prefix would measure one kind only.
+    """
+    if not limit or limit >= len(tasks):
+        return list(tasks)
+    queues: dict[str, list[Task]] = {}
+    for task in tasks:
+        queues.setdefault(task.kind, []).append(task)
+    chosen: list[Task] = []
+    while len(chosen) < limit:
+        for queue in queues.values():
+            if queue and len(chosen) < limit:
+                chosen.append(queue.pop(0))
+    return chosen
 
 
 def measurement_dir(config, suite, tasks: list[Task], model) -> Path:

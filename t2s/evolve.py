@@ -32,7 +32,9 @@ from typing import Callable
 
 from t2s.config import Config
 from t2s.errors import ConfigError, RunError
-from t2s.evaluate import EvalReport, SkillSpec, agent_budget, evaluate, measurement_dir
+from t2s.evaluate import (
+    EvalReport, SkillSpec, agent_budget, evaluate, limit_tasks, measurement_dir,
+)
 from t2s.fsutil import atomic_write_json, atomic_write_text, read_json
 from t2s.report import Table, plot_lines, render_markdown, render_text
 
@@ -117,8 +119,8 @@ def evolve(
 
     say = log or (_stderr if progress else (lambda line: None))
     suite = load_suite(config.tasks)
-    train = _limited(split_tasks(suite.tasks, "train", config.split_ratio), config.limit)
-    test = _limited(split_tasks(suite.tasks, "test", config.split_ratio), config.limit)
+    train = limit_tasks(split_tasks(suite.tasks, "train", config.split_ratio), config.limit)
+    test = limit_tasks(split_tasks(suite.tasks, "test", config.split_ratio), config.limit)
     if not train or not test:
         raise ConfigError(
             f"suite {suite.name!r} has {len(train)} train and {len(test)} test tasks at split "
@@ -421,10 +423,6 @@ def _next_base(state: EvolveState, config: Config, repo) -> tuple[str, str]:
 
 def _save(run_dir: Path, state: EvolveState) -> None:
     atomic_write_json(Path(run_dir) / STATE_FILE, state.to_dict())
-
-
-def _limited(tasks: list, limit: int | None) -> list:
-    return tasks[:limit] if limit else tasks
 
 
 def _stderr(line: str) -> None:

@@ -43,7 +43,11 @@ def render_markdown(table: Table) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
-    align = ["---"] + ["---:" for _ in table.headers[1:]]
+    # Right-align the columns that hold numbers (with or without a delta), like the text table.
+    align = ["---"] + [
+        "---:" if table.rows and all(_numeric(row[i]) for row in table.rows) else "---"
+        for i in range(1, len(table.headers))
+    ]
     lines = [f"### {table.title}", ""] if table.title else []
     lines += [line(table.headers), "| " + " | ".join(align) + " |"]
     lines += [line(row) for row in table.rows]

@@ -160,3 +160,11 @@ def test_ablation_of_an_unknown_run_is_a_clear_error(tmp_path):
     assert resolve_ablation_run(repo, tmp_path / "runs", "r1") == "r1"
     with pytest.raises(RunError, match="no run 'nope'"):
         resolve_ablation_run(repo, tmp_path / "runs", "nope")
+
+
+def test_limit_takes_each_kind_in_turn():
+    from t2s.evaluate import limit_tasks
+
+    tasks = [make_task(f"{kind}-{n}", kind) for kind in ("dates", "lookup", "totals") for n in (1, 2)]
+    assert [t.id for t in limit_tasks(tasks, 4)] == ["dates-1", "lookup-1", "totals-1", "dates-2"]
+    assert limit_tasks(tasks, None) == tasks and limit_tasks(tasks, 10) == tasks

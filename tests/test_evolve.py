@@ -316,7 +316,7 @@ def test_one_real_round_with_the_embedded_model(tmp_path, embedded_model_path):
     """The whole loop on the embedded model: 1 bundled task to evolve on, 1 held out, tiny budgets."""
     SkillsRepo.init(tmp_path / "skills_repo")
     config = Config(tasks="bundled", model=str(embedded_model_path), rounds=1, workers=2,
-                    limit=1, turns=2, max_tokens=96, timeout=600, analysts="error",
+                    limit=1, turns=1, max_tokens=64, timeout=900, analysts="error",
                     repo=str(tmp_path / "skills_repo"), runs_dir=str(tmp_path / "runs"),
                     run_id="real")
     result = evolve(config, progress=False)
