@@ -105,9 +105,10 @@ class Workspace:
         except ToolFailure:
             return ""
 
-    def _open(self, formulas: bool = True):
+    def _open(self):
+        """The workbook with formulas as written (openpyxl stores no values for new ones)."""
         try:
-            return load_workbook(self.workbook_path, data_only=not formulas)
+            return load_workbook(self.workbook_path)
         except ToolFailure:
             raise
         except Exception as error:  # noqa: BLE001 - openpyxl raises many kinds on a bad file
