@@ -600,7 +600,7 @@ def ablate(
     return report
 
 
-def ablation_table(report: AblationReport) -> Table:
+def ablation_table(report: AblationReport, lesson_chars: int | None = 60) -> Table:
     table = Table(
         ["patch", "lesson", "alone soft", "vs base", "result without", "vs result", "verdict"],
         title=(f"Ablation of {report.run_id}: base soft {report.base['soft']:.3f}, "
@@ -609,7 +609,7 @@ def ablation_table(report: AblationReport) -> Table:
     for lesson in report.lessons:
         table.add(
             lesson.n,
-            lesson.lesson[:60],
+            lesson.lesson[:lesson_chars],
             f"{lesson.alone['soft']:.3f}",
             _signed(lesson.delta_alone, "{:.3f}"),
             f"{lesson.without['soft']:.3f}" if lesson.without else "-",
@@ -636,7 +636,8 @@ def write_ablation(report: AblationReport, out_dir: Path) -> None:
         "patch, minus the result (negative means the result is worse without it, so it helps).\n\n"
     )
     atomic_write_text(report.files["markdown"],
-                      f"# Ablation of {report.run_id}\n\n{explain}" + render_markdown(ablation_table(report)))
+                      f"# Ablation of {report.run_id}\n\n{explain}"
+                      + render_markdown(ablation_table(report, lesson_chars=None)))
     atomic_write_json(report.files["json"], report.to_dict())
     plot_bars(
         [f"patch {lesson.n}" for lesson in report.lessons],

@@ -56,9 +56,12 @@ def evolve_command(quiet, **options):
     click.echo(f"Report:         {result.files['markdown']}")
     if "plot" in result.files:
         click.echo(f"Plot:           {result.files['plot']}")
-    click.echo(f"History:        git -C {config.repo} log --graph --oneline --all")
-    if not config.accept and result.final_ref != "main":
-        click.echo(f"Accept it:      t2s accept {result.final_ref}  (or rerun with --accept)")
+    click.echo(f"History:        git -C {config.repo} log --graph --oneline --branches")
+    # main moves one round at a time: each accept fast-forwards main to that round's result.
+    changed = [r.run_id for r in result.rounds if r.result_commit != r.base_commit]
+    if not config.accept and changed:
+        accepts = " && ".join(f"t2s accept {run_id} --repo {config.repo}" for run_id in changed)
+        click.echo(f"Accept it:      {accepts}")
 
 
 @main.command("eval")
