@@ -343,7 +343,12 @@ def resolve_skill(target: str | None, repo_path: Path | str) -> tuple[Skill, str
         if not (Path(target) / "SKILL.md").is_file():
             raise SkillError(f"{target} holds no SKILL.md: give a skill directory or a ref")
         return Skill.from_dir(target), str(Path(target)), ""
-    if target and not Path(repo_path).is_dir():
+    if not Path(repo_path).is_dir():
+        if not target:
+            raise SkillError(
+                f"no skill given and no skills repository at {repo_path}: give --skill DIR "
+                "(a folder holding SKILL.md), or create the repository with `t2s init`"
+            )
         raise SkillError(
             f"{target} is not a skill directory, and there is no skills repository at "
             f"{repo_path} to look it up as a ref (use --repo)"

@@ -236,6 +236,9 @@ def test_cli_rollout_errors_are_one_line(tmp_path, suite, monkeypatch):
         main, ["rollout", "--tasks", str(suite.path), "--skill", "x", "--no-skill"]
     )
     assert result.exit_code == 1 and "exclude each other" in result.output
+    result = CliRunner().invoke(main, ["rollout", "--tasks", str(suite.path)])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no skill given and no skills repository")
 
 
 @dataclass
