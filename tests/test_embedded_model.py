@@ -111,3 +111,9 @@ def test_a_prompt_longer_than_the_context_is_a_model_error(model):
     huge = "spreadsheet " * 3000
     with pytest.raises(ModelError, match="does not fit the model's context of 2048 tokens"):
         model.chat([{"role": "user", "content": huge}], ChatOptions(max_tokens=8))
+
+
+def test_a_bound_too_long_for_llama_cpp_grammar_is_refused_instead_of_crashing(model):
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 20000}}}
+    with pytest.raises(ModelError, match="maxLength/maxItems of 20000 is more than llama.cpp"):
+        model.chat([{"role": "user", "content": "hi"}], ChatOptions(schema=schema))

@@ -13,12 +13,14 @@ from t2s.cli import main
 from t2s.errors import ModelError
 from t2s.models import LlamaSource, OpenAISource, list_models, resolve_model
 from t2s.models.base import (
+    GRAMMAR_MAX_REPEAT,
     ChatOptions,
     ChatReply,
     Usage,
     bounded_schema,
     check_schema,
     complete_under_schema,
+    largest_bound,
 )
 
 
@@ -234,6 +236,12 @@ def test_a_truncated_reply_is_generated_again_with_bounded_strings_and_twice_the
     assert reply.json() == {"note": "a"}
     assert calls[1] == (bounded_schema(SCHEMA, max_chars=32, max_items=8), 128)
     assert reply.usage == Usage(20, 10, 12) and reply.seconds == 1.0
+
+
+def test_the_retry_bound_stays_within_what_llama_cpp_grammars_hold():
+    complete, calls = scripted_completions(('{"note": "aaaa', True), ('{"note": "a"}', False))
+    complete_under_schema(complete, ChatOptions(schema=SCHEMA, max_tokens=8000))
+    assert largest_bound(calls[1][0]) == GRAMMAR_MAX_REPEAT
 
 
 def test_a_reply_truncated_twice_is_a_clear_error_not_repaired_json():

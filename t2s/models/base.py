@@ -69,6 +69,20 @@ class ModelSource(Protocol):
     # files and import libraries, never load a model.
 
 
+# llama.cpp's grammar nests one rule per allowed repetition: far longer bounds crash its parser.
+GRAMMAR_MAX_REPEAT = 1000
+
+
+def largest_bound(schema: Any) -> int:
+    """The largest maxLength / maxItems anywhere in `schema` (0 when there is none)."""
+    if isinstance(schema, list):
+        return max((largest_bound(part) for part in schema), default=0)
+    if not isinstance(schema, dict):
+        return 0
+    own = [v for k, v in schema.items() if k in ("maxLength", "maxItems") and isinstance(v, int)]
+    return max(own + [largest_bound(value) for value in schema.values()], default=0)
+
+
 def check_schema(schema: Any) -> None:
     """ModelError "invalid JSON schema: ..." unless `schema` is a valid JSON schema object."""
     import jsonschema
@@ -119,7 +133,8 @@ def complete_under_schema(complete, options: ChatOptions) -> ChatReply:
     for retry in (False, True):
         if retry:
             budget *= 2
-            schema = bounded_schema(options.schema, max_chars=budget // 4, max_items=8)
+            max_chars = min(budget // 4, GRAMMAR_MAX_REPEAT)
+            schema = bounded_schema(options.schema, max_chars=max_chars, max_items=8)
         reply, truncated = complete(schema, budget)
         usage, seconds = usage + reply.usage, seconds + reply.seconds
         if not truncated:

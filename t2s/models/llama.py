@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t2s.errors import ModelError
-from t2s.models.base import ChatOptions, ChatReply, Usage, complete_under_schema
+from t2s.models.base import (
+    GRAMMAR_MAX_REPEAT,
+    ChatOptions,
+    ChatReply,
+    Usage,
+    complete_under_schema,
+    largest_bound,
+)
 from t2s.models.gguf import read_gguf
 
 INSTALL_HINT = "pip install llama-cpp-python (or run `make setup`)"
@@ -124,6 +131,12 @@ class LlamaModel:
 
         # Built here rather than via response_format, which silently falls back to plain JSON
         # when the schema cannot be turned into a grammar.
+        if largest_bound(schema) > GRAMMAR_MAX_REPEAT:
+            raise ModelError(
+                f"invalid JSON schema: a maxLength/maxItems of {largest_bound(schema)} is more "
+                f"than llama.cpp's grammar can hold ({GRAMMAR_MAX_REPEAT}); drop the bound and "
+                "check the length after parsing"
+            )
         try:
             return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         except Exception as error:  # noqa: BLE001 - the converter raises bare Exceptions
