@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -178,8 +179,6 @@ class _Stages:
         self.say = say
 
     def run_round(self, state: RoundState, save: Callable[[], None]) -> None:
-        import time
-
         for stage in STAGES:
             if stage in state.done:
                 continue
@@ -212,6 +211,7 @@ class _Stages:
             budget=self.budget(),
             timeout=self.config.timeout,
             run_id=state.run_id,
+            split="train",
             progress=self.progress,
         )
 
