@@ -31,13 +31,13 @@ Use =SUM over the data rows. See [formulas](references/formulas.md).
 LIMITS = SandboxLimits(seconds=10)
 
 
-def make_suite(root, task_ids=("sum-amounts",)):
+def make_suite(root, task_ids=("sum-amounts",), data=CASE_DATA):
     """A suite in the SpreadsheetBench layout: put the total of Data!A2:A4 in A5; 3 cases."""
     entries = []
     for task_id in task_ids:
         folder = root / "spreadsheet" / task_id
         folder.mkdir(parents=True)
-        for name, numbers in CASE_DATA.items():
+        for name, numbers in data.items():
             for role, total in (("input", None), ("answer", sum(numbers))):
                 workbook = Workbook()
                 sheet = workbook.active

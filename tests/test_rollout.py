@@ -30,8 +30,11 @@ def step(tool, args, section=""):
     return {"thought": "t", "section": section, "tool": tool, "args": args}
 
 
+# The cases share their data, so a typed-in total solves them all: these tests are about runs,
+# not formulas, and values need no formula evaluation by the checker.
+SAME_DATA = {name: [10, 20, 30] for name in ("1", "2", "3")}
 SOLVE_STEPS = [
-    step("write_cells", {"sheet": "Data", "cells": {"A5": "=SUM(A2:A4)"}}, "Totals"),
+    step("write_cells", {"sheet": "Data", "cells": {"A5": 60}}, "Totals"),
     step("finish", {"summary": "done"}),
 ]
 
@@ -46,7 +49,7 @@ SOLVE = [solve]
 
 @pytest.fixture
 def suite(tmp_path):
-    return make_suite(tmp_path / "suite", TASK_IDS)
+    return make_suite(tmp_path / "suite", TASK_IDS, SAME_DATA)
 
 
 @pytest.fixture
