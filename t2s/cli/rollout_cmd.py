@@ -159,7 +159,7 @@ def format_summary(summary: RolloutSummary) -> str:
     if summary.ran:
         lines.append(
             f"Time outside the model (tools, replay, checking): "
-            f"{100 * summary.outside_model_share:.0f}% of {summary.rollout_seconds:.0f}s"
+            f"{100 * summary.outside_model_share:.1f}% of {summary.rollout_seconds:.0f}s"
         )
     if summary.failures:
         lines += ["", "Unsolved:"]
