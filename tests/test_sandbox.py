@@ -205,3 +205,14 @@ def test_the_code_dies_with_the_process_that_ran_it(workdir):
     worker.wait()
     time.sleep(4)
     assert not (workdir / "alive").exists()
+
+
+def test_without_uid_isolation_the_limits_still_hold(workdir, monkeypatch):
+    """The path taken without root (or with T2S_SANDBOX_NO_UID): limits and group kill only."""
+    monkeypatch.setenv("T2S_SANDBOX_NO_UID", "1")
+    assert sandbox._sandbox_uid() is None
+    result = run_python("import os\nprint(os.getuid() == os.geteuid())", workdir, FAST)
+    assert result.ok and result.stdout.strip() == "True"
+    assert run_python("x = bytearray(4 * 1024 ** 3)", workdir, FAST).reason.startswith("memory")
+    slow = run_python("import time\ntime.sleep(30)", workdir, SandboxLimits(seconds=1))
+    assert slow.reason == "timed out after 1s"
