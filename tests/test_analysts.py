@@ -59,10 +59,12 @@ def make_suite(root: Path) -> Path:
     return suite
 
 
-def make_run(root: Path, outcomes: dict[str, object]) -> tuple[Path, SkillsRepo]:
+def make_run(
+    root: Path, outcomes: dict[str, object], skill_dir: Path | None = None
+) -> tuple[Path, SkillsRepo]:
     """A run whose agent wrote `outcomes[task]` into B1 (the gold value means success)."""
     suite = make_suite(root)
-    repo = SkillsRepo.init(root / "skills_repo")
+    repo = SkillsRepo.init(root / "skills_repo", from_dir=skill_dir)
     base = repo.resolve("main")
     run_dir = root / "runs" / RUN_ID
     (run_dir / "trajectories").mkdir(parents=True)
@@ -357,6 +359,19 @@ def test_unparseable_reply_is_recorded_not_raised(tmp_path):
     assert summary.count("error") == 1 and summary.count("dropped") == 1
 
 
+def test_a_crashing_analysis_is_recorded_as_an_error(tmp_path):
+    run_dir, repo = make_run(tmp_path, {"sum-b": 80})
+
+    def crash(messages, options):
+        raise RuntimeError("the back-end fell over")
+
+    summary = analyse(run_dir, repo, ScriptedSource([crash]))
+    result = record(run_dir, "sum-b")
+    assert result.status == "error" and result.reasons[0].kind == "worker-failed"
+    assert "the back-end fell over" in result.reasons[0].detail
+    assert summary.count("error") == 1
+
+
 def test_pool_of_two_workers(tmp_path):
     run_dir, repo = make_run(tmp_path, {"sum-a": 100, "sum-b": 80, "max-c": 97})
     summary = analyse(run_dir, repo, analyst_model(FIXING_STEPS), workers=2)
@@ -380,7 +395,16 @@ def test_embedded_model_run_ends_with_a_summary_and_a_valid_repository(
 ):
     from t2s.models import resolve_model
 
-    run_dir, repo = make_run(tmp_path, {"sum-a": 100, "sum-b": 80})
+    # A short skill keeps the prompts, and so the test, small.
+    skill_dir = tmp_path / "small-skill"
+    skill_dir.mkdir()
+    (skill_dir / "SKILL.md").write_text(
+        "---\nname: small-sheets\ndescription: Answer spreadsheet tasks with openpyxl.\n---\n"
+        "# Small sheets\n\n## Workflow\n\n1. Inspect the workbook.\n2. Compute in Python.\n"
+        "3. Write the answer cells and save.\n\n## Checking your work\n\n"
+        "- Reopen the output and print the answer cells.\n"
+    )
+    run_dir, repo = make_run(tmp_path, {"sum-a": 100, "sum-b": 80}, skill_dir=skill_dir)
     main_before = repo.resolve("main")
     summary = run_analysis(
         run_dir,
@@ -388,7 +412,7 @@ def test_embedded_model_run_ends_with_a_summary_and_a_valid_repository(
         model=resolve_model(str(embedded_model_path)),
         workers=1,
         turns=2,
-        max_tokens=64,
+        max_tokens=40,  # too few for a whole patch: what matters is that failures are recorded
         progress=False,
     )
     assert summary.analysed == 2 and summary.selected == 2

@@ -59,7 +59,13 @@ from t2s.repo import DEFAULT_PATH, SkillsRepo
     show_default=True,
     help="Most tokens of one model reply.",
 )
-@click.option("--timeout", type=click.FloatRange(min=1), help="Seconds one analysis may take.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=1800,
+    show_default=True,
+    help="Seconds one analysis may take before its worker is stopped and it counts as an error.",
+)
 @click.option(
     "--retry-errors", is_flag=True, help="Analyse again trajectories whose analysis broke."
 )
