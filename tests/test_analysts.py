@@ -431,3 +431,18 @@ def test_embedded_model_run_ends_with_a_summary_and_a_valid_repository(
         assert repo.commit_info(branch).parents == [main_before]
         assert validate_skill(repo.read_skill(branch)) == []
     repo.repo.git.fsck("--strict")
+
+
+def test_agent_output_is_found_after_the_run_moved(tmp_path):
+    from t2s.analysts.error import agent_output
+    from t2s.tasks import TestCase
+
+    run_dir = tmp_path / "moved-run"
+    (run_dir / "outputs" / "t").mkdir(parents=True)
+    (run_dir / "outputs" / "t" / "1.xlsx").write_bytes(b"workbook")
+    case = TestCase("1", tmp_path / "in.xlsx", tmp_path / "gold.xlsx")
+    for written in ("runs/r/outputs/t/1.xlsx", "/elsewhere/outputs/t/1.xlsx", "outputs/t/1.xlsx"):
+        trajectory = Trajectory(run_id="r", task_id="t", case="1", outputs={"1": written})
+        assert agent_output(trajectory, case, run_dir) == run_dir / "outputs" / "t" / "1.xlsx"
+    missing = Trajectory(run_id="r", task_id="t", case="1", outputs={"1": "outputs/t/2.xlsx"})
+    assert agent_output(missing, case, run_dir) is None

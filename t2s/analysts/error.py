@@ -45,6 +45,7 @@ from t2s.trajectory import Trajectory
 
 WORKBOOKS = ("input", "output", "fixed", "gold")
 SANDBOX_DIR = "sandbox"
+OUTPUTS_DIR = "outputs"  # of the run directory, where the rollout keeps the agent's workbooks
 FIXED_FILE = "fixed.xlsx"
 CELLS_SHOWN = 120  # of one `read`
 ROWS_PREVIEWED = 3  # per sheet, when `read` is given no range
@@ -301,15 +302,22 @@ def failed_case(task: Task, trajectory: Trajectory) -> TestCase:
 
 
 def agent_output(trajectory: Trajectory, case: TestCase, run_dir: Path) -> Path | None:
-    """The agent's workbook for `case`, if it saved one (relative paths are under the run)."""
+    """The agent's workbook for `case`, if it saved one.
+
+    The path is taken as the rollout wrote it, else from its `outputs/` part on under this run
+    directory, which still finds it after the run was moved or from another working directory.
+    """
     text = trajectory.outputs.get(case.name) or (
         trajectory.output_path if case.name == trajectory.case or not trajectory.case else ""
     )
     if not text:
         return None
     path = Path(text)
-    path = path if path.is_absolute() else run_dir / path
-    return path if path.is_file() else None
+    candidates = [path, run_dir / path]
+    if OUTPUTS_DIR in path.parts:
+        start = len(path.parts) - 1 - path.parts[::-1].index(OUTPUTS_DIR)
+        candidates.append(run_dir.joinpath(*path.parts[start:]))
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
 def _overview(workbook) -> str:
