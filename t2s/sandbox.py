@@ -7,8 +7,9 @@ process group. Whatever the code does, the caller gets a `SandboxResult` and goe
 
 When t2s runs as root (containers, CI), root ignores RLIMIT_NPROC and can write anywhere, so
 the code additionally runs as a throw-away user id of its own: the process limit then holds,
-files outside the working directory are not writable, and at the end every process of that
-uid is killed, including ones that escaped the process group with `setsid`. The child keeps
+files outside the working directory are not writable, the network is out of reach (an empty
+network namespace), and at the end every process of that uid is killed, including ones that
+escaped the process group with `setsid`. The child keeps
 one capability, CAP_DAC_READ_SEARCH, so that it can still read the interpreter and its
 libraries wherever they are installed (often under a private /root). Without root, the limits
 apply to the user's own uid and cleanup is by process group.
@@ -52,6 +53,7 @@ if _p["uid"] is not None:
     _libc = ctypes.CDLL(None, use_errno=True)
     _libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid binary can regain root
     _libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep permitted capabilities across setuid
+    _libc.unshare(0x40000000)  # CLONE_NEWNET: no network at all (best effort)
     os.setgroups([])
     os.setresgid(_p["uid"], _p["uid"], _p["uid"])
     os.setresuid(_p["uid"], _p["uid"], _p["uid"])

@@ -216,3 +216,24 @@ def test_without_uid_isolation_the_limits_still_hold(workdir, monkeypatch):
     assert run_python("x = bytearray(4 * 1024 ** 3)", workdir, FAST).reason.startswith("memory")
     slow = run_python("import time\ntime.sleep(30)", workdir, SandboxLimits(seconds=1))
     assert slow.reason == "timed out after 1s"
+
+
+def test_the_network_is_out_of_reach(workdir):
+    import socket
+
+    if sandbox._sandbox_uid() is None:
+        pytest.skip("not root: no network namespace without uid isolation")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        code = (
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            "    print('connected')\n"
+            "except OSError as error:\n"
+            "    print('refused', error)\n"
+        )
+        result = run_python(code, workdir, FAST)
+    assert result.ok and result.stdout.startswith("refused")
