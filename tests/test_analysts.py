@@ -412,7 +412,7 @@ def test_embedded_model_run_ends_with_a_summary_and_a_valid_repository(
         model=resolve_model(str(embedded_model_path)),
         workers=1,
         turns=2,
-        max_tokens=40,  # too few for a whole patch: what matters is that failures are recorded
+        max_tokens=96,  # too few for a whole patch: what matters is that failures are recorded
         progress=False,
     )
     assert summary.analysed == 2 and summary.selected == 2
