@@ -30,7 +30,6 @@ BRANCH = "branch"
 REJECTED = "rejected"
 DROPPED = "dropped"
 ERROR = "error"
-FINAL_STATUSES = (BRANCH, REJECTED, DROPPED, ERROR)
 
 # Reason kinds, counted in the summary.
 MALFORMED = "malformed-patch"
