@@ -678,9 +678,9 @@ def run_eval(config, progress: bool = True, model_source=None) -> EvalReport | A
     model = model_source if model_source is not None else resolve_model(config.model)
     columns_dir = measurement_dir(config, suite, tasks, model)
     measured = columns_dir.name
-    common = dict(model=model, workers=config.workers, columns_dir=columns_dir,
-                  budget=agent_budget(config), timeout=config.timeout, suite=suite.name,
-                  split=config.split, progress=progress)
+    common = {"model": model, "workers": config.workers, "columns_dir": columns_dir,
+              "budget": agent_budget(config), "timeout": config.timeout, "suite": suite.name,
+              "split": config.split, "progress": progress}
     if config.ablate:
         out = config.out or runs_dir / f"ablate-{run_id}-{measured[:8]}"
         return ablate(repo, run_id, tasks, out_dir=out, **common)

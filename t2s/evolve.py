@@ -26,15 +26,20 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from t2s.config import Config
 from t2s.errors import ConfigError, RunError
 from t2s.evaluate import (
-    EvalReport, SkillSpec, agent_budget, evaluate, limit_tasks, measurement_dir,
+    EvalReport,
+    SkillSpec,
+    agent_budget,
+    evaluate,
+    limit_tasks,
+    measurement_dir,
 )
 from t2s.fsutil import atomic_write_json, atomic_write_text, read_json
 from t2s.report import Table, plot_lines, render_markdown, render_text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def plot_bars(
         positions = [i + (k - (count - 1) / 2) * width for i in range(len(labels))]
         bars = axes.bar(positions, values, width, label=name)
         # A missing value (NaN) draws no bar and gets no label.
-        axes.bar_label(bars, labels=[f"{v:.2f}" if v == v else "" for v in values], fontsize=8)
+        axes.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.2f}" for v in values], fontsize=8)
     axes.set_xticks(range(len(labels)))
     axes.set_xticklabels([_short(label) for label in labels], rotation=15, ha="right")
     return _finish(figure, axes, path, title, ylabel)

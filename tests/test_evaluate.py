@@ -5,7 +5,12 @@ import pytest
 
 from t2s.errors import ConfigError
 from t2s.evaluate import (
-    NO_SKILL, EvalReport, SkillSpec, format_report, measure_column, resolve_skill_specs,
+    NO_SKILL,
+    EvalReport,
+    SkillSpec,
+    format_report,
+    measure_column,
+    resolve_skill_specs,
     write_report,
 )
 from t2s.skill import Skill

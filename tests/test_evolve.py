@@ -7,8 +7,8 @@ from pathlib import Path
 import openpyxl
 import pytest
 from click.testing import CliRunner
-
 from scripted import ScriptedSource
+
 from t2s.cli import main
 from t2s.config import Config
 from t2s.evolve import evolve, load_state
@@ -72,7 +72,7 @@ def fix_code(double):
 
 def next_lesson(text):
     """Lessons are numbered by what the skill already holds, so each round teaches a new one."""
-    return len(re.findall(r"^- Lesson \d+", text, re.M)) + 1
+    return len(re.findall(r"^- Lesson \d+", text, re.MULTILINE)) + 1
 
 
 def edit(content):
@@ -111,7 +111,7 @@ def reply(messages, options):
                          "reasoning": "The instruction asked for a multiple of the total.",
                          "edits": [edit(f"- {lesson}")]}}
     if system.startswith("You are the merge operator"):
-        proposed = list(dict.fromkeys(re.findall(r"^\s+new: (- Lesson .+)$", user, re.M)))
+        proposed = list(dict.fromkeys(re.findall(r"^\s+new: (- Lesson .+)$", user, re.MULTILINE)))
         return {"reasoning": "The analysts agree; one edit keeps every recurring lesson.",
                 "lessons": [line[2:] for line in proposed],
                 "edits": [edit("\n".join(proposed))] if proposed else []}
@@ -134,11 +134,10 @@ def workspace(tmp_path, monkeypatch):
 
 
 def config_for(root, **options):
-    values = dict(tasks=str(root / "suite"), model="scripted", rounds=2, analysts="combined",
-                  workers=1, batch=3, turns=4, repo=str(root / "skills_repo"),
-                  runs_dir=str(root / "runs"), run_id="ev")
-    values.update(options)
-    return Config(**values)
+    defaults = {"tasks": str(root / "suite"), "model": "scripted", "rounds": 2,
+                "analysts": "combined", "workers": 1, "batch": 3, "turns": 4,
+                "repo": str(root / "skills_repo"), "runs_dir": str(root / "runs"), "run_id": "ev"}
+    return Config(**(defaults | options))
 
 
 def scripted():
@@ -177,8 +176,8 @@ def test_two_rounds_build_on_each_other(workspace):
         assert set(patches.values()) <= history
     skill = repo.read_skill(result.final_commit).files["SKILL.md"]
     # Round 1 taught two lessons (numbered 1); round 2, reading them, taught two more (3).
-    assert len(re.findall(r"^- Lesson 1: ", skill, re.M)) == 2
-    assert len(re.findall(r"^- Lesson 3: ", skill, re.M)) == 2
+    assert len(re.findall(r"^- Lesson 1: ", skill, re.MULTILINE)) == 2
+    assert len(re.findall(r"^- Lesson 3: ", skill, re.MULTILINE)) == 2
     # Held-out: the agent solves the "total" test task and fails the "twice" one, any skill.
     for state in (first, second):
         assert state.scores["base"]["solved"] == state.scores["result"]["solved"] == 1
@@ -187,7 +186,7 @@ def test_two_rounds_build_on_each_other(workspace):
     rounds = json.loads(Path(result.files["json"]).read_text())
     assert [r["round"] for r in rounds["rounds"]] == [1, 2]
     assert Path(result.files["plot"]).read_bytes()[:4] == b"\x89PNG"
-    assert f"| 2 | 4 | 0.500 | 0.500 | +0.000 |" in Path(result.files["markdown"]).read_text()
+    assert "| 2 | 4 | 0.500 | 0.500 | +0.000 |" in Path(result.files["markdown"]).read_text()
     round_report = workspace / "runs" / run / "round-1" / "eval" / "report.md"
     assert "| soft score | 0.500 | 0.500 (±0.000) |" in round_report.read_text()
 
@@ -207,9 +206,9 @@ def test_resume_after_interruption_at_each_stage(workspace, monkeypatch):
     for module, name, done_before in stages:
         real = getattr(module, name)
 
-        def interrupted(*args, _real=real, **kwargs):
+        def interrupted(*args, _real=real, _name=name, **kwargs):
             # Half the work of the stage happens, then Ctrl-C.
-            if name == "run_rollouts":
+            if _name == "run_rollouts":
                 _real(args[0], args[1][:2], *args[2:], **kwargs)
             raise KeyboardInterrupt
 
