@@ -17,6 +17,18 @@ class ModelError(T2SError):
     """A model cannot be found, loaded or reached, or returned something unusable."""
 
 
+class IncompleteReply(ModelError):
+    """The model did not finish a schema-constrained reply within its token budget.
+
+    Carries the usage spent, so a caller that treats it as one wasted turn can still count it.
+    """
+
+    def __init__(self, message: str, usage=None, seconds: float = 0.0):
+        super().__init__(message)
+        self.usage = usage
+        self.seconds = seconds
+
+
 class TaskError(T2SError):
     """A task suite or a task's workbooks cannot be read."""
 

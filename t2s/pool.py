@@ -56,6 +56,22 @@ def default_workers() -> int:
     return int(value)
 
 
+def threads_per_worker(workers: int) -> int:
+    """The CPU threads each worker's model gets: T2S_THREADS, or the cores split evenly.
+
+    On a busy or shared machine, fewer threads than cores is often much faster; T2S_THREADS
+    lets the user say so without changing the number of workers.
+    """
+    value = os.environ.get("T2S_THREADS", "").strip()
+    if not value:
+        return max(1, cpu_count() // workers)
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(
+            f"T2S_THREADS={value!r} is not a positive whole number; set it to 1 or more"
+        )
+    return int(value)
+
+
 def run_pool(
     work: Callable[[Any, Any], Any],
     items: Iterable[Any],
@@ -132,7 +148,8 @@ def _in_main_thread() -> bool:
 
 
 def _run_in_process(work, items, source, timeout) -> Iterator[PoolResult]:
-    model = source.load(threads=cpu_count(), worker_index=0) if source is not None else None
+    threads = threads_per_worker(1)
+    model = source.load(threads=threads, worker_index=0) if source is not None else None
     for index, item in enumerate(items):
         yield _run_one(work, model, index, item, timeout)
 
@@ -199,7 +216,7 @@ def _run_in_workers(work, items, source, count, timeout, label) -> Iterator[Pool
     prepare = getattr(source, "prepare", None)
     if prepare is not None:
         prepare()  # early errors, and libraries the forked workers share
-    threads = max(1, cpu_count() // count)
+    threads = threads_per_worker(count)
     pending = deque(range(len(items)))
     crew: dict[int, _Worker] = {}
     model_name = getattr(source, "name", "") or "model"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import jsonschema
 
-from t2s.errors import ModelError
+from t2s.errors import IncompleteReply, ModelError
 from t2s.models.base import ChatOptions, Model, Usage
 from t2s.trajectory import Step
 
@@ -139,6 +139,15 @@ def run_tool_loop(
         started = time.perf_counter()
         try:
             reply = model.chat(messages, options)
+        except IncompleteReply as error:
+            # A reply cut off at the token limit is one wasted turn, not the end of the loop:
+            # the model is told to be brief and the budgets decide when to stop.
+            result.model_seconds += time.perf_counter() - started
+            result.usage = result.usage + (error.usage or Usage())
+            result.turns += 1
+            result.steps.append(_cut_off_step(result.turns, str(error)))
+            messages.append({"role": "user", "content": CUT_OFF_MESSAGE})
+            continue
         except ModelError as error:
             result.model_seconds += time.perf_counter() - started
             result.stopped, result.error = "error", str(error)
@@ -156,6 +165,19 @@ def run_tool_loop(
             result.stopped, result.final_args = "finish", step.args
             break
     return result
+
+
+CUT_OFF_MESSAGE = (
+    "Your last reply was cut off before its JSON ended. Reply again with one short step: "
+    "a brief thought and compact args."
+)
+
+
+def _cut_off_step(turn: int, reason: str) -> Step:
+    return Step(
+        turn=turn, thought="", section="", tool="", args={}, observation="", ok=False,
+        seconds=0.0, error=f"invalid step: {reason}",
+    )
 
 
 def _take_step(text: str, turn: int, tools: dict[str, Tool], limit: int) -> Step:

@@ -18,6 +18,7 @@ def git_identity(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(f"GIT_{role}_NAME", "T2S Test")
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "t2s-test@example.invalid")
     monkeypatch.delenv("T2S_WORKERS", raising=False)
+    monkeypatch.delenv("T2S_THREADS", raising=False)
 
 
 @pytest.fixture

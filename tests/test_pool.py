@@ -14,7 +14,7 @@ from scripted import ScriptedSource
 from t2s.errors import ConfigError, ModelError
 from t2s.models import LlamaSource
 from t2s.models.base import ChatOptions
-from t2s.pool import PoolResult, run_pool
+from t2s.pool import PoolResult, run_pool, threads_per_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -282,3 +282,13 @@ def test_a_worker_killed_mid_generation_is_survived_and_reported(embedded_model_
         1, "die", False, None, "worker crashed (exit code -9, SIGKILL)", results[1].seconds
     )
     assert all(results[i].ok for i in (0, 2, 3))
+
+
+def test_t2s_threads_overrides_the_even_split(monkeypatch):
+    monkeypatch.setattr("t2s.pool.cpu_count", lambda: 8)
+    assert threads_per_worker(2) == 4
+    monkeypatch.setenv("T2S_THREADS", "1")
+    assert threads_per_worker(2) == 1
+    monkeypatch.setenv("T2S_THREADS", "zero")
+    with pytest.raises(ConfigError, match="T2S_THREADS='zero'"):
+        threads_per_worker(2)

@@ -4,7 +4,7 @@ import jsonschema
 import pytest
 from scripted import ScriptedModel
 
-from t2s.errors import ModelError
+from t2s.errors import IncompleteReply, ModelError
 from t2s.models.base import ChatReply, Usage
 from t2s.toolloop import LoopBudget, Tool, ToolFailure, describe_tools, run_tool_loop, step_schema
 
@@ -155,6 +155,19 @@ def test_model_error_ends_the_loop_with_the_error_recorded():
     result = run_tool_loop(model, MESSAGES, tools([]), LoopBudget(turns=5))
     assert result.stopped == "error" and result.error == "server unreachable"
     assert result.turns == 1 and len(result.steps) == 1
+
+
+def test_a_reply_cut_off_at_the_token_limit_costs_a_turn_not_the_loop():
+    def cut_off(messages, options):
+        raise IncompleteReply("did not finish", Usage(100, 50, 100), 1.0)
+
+    model = ScriptedModel([cut_off, step("finish", {"answer": "ok"})])
+    result = run_tool_loop(model, MESSAGES, tools([]), LoopBudget(turns=5))
+    assert result.stopped == "finish" and result.error in (None, "")
+    assert result.turns == 2
+    assert not result.steps[0].ok and "did not finish" in result.steps[0].error
+    assert result.usage.completion_tokens >= 50
+    assert "cut off" in model.calls[1][0][-1]["content"]
 
 
 def test_long_observations_are_cut():

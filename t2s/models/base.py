@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from t2s.errors import ModelError
+from t2s.errors import IncompleteReply, ModelError
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -144,7 +144,9 @@ def complete_under_schema(complete, options: ChatOptions) -> ChatReply:
                 pass
             else:
                 return ChatReply(reply.text, usage, seconds, reply.model)
-    raise ModelError(
+    raise IncompleteReply(
         f"the model did not finish a JSON reply within {budget} tokens even with bounded "
-        f"strings; raise max_tokens (now {options.max_tokens}) or simplify the schema"
+        f"strings; raise max_tokens (now {options.max_tokens}) or simplify the schema",
+        usage,
+        seconds,
     )
