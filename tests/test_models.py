@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -332,3 +333,23 @@ def test_reply_json_helper_rejects_text():
     with pytest.raises(ModelError, match="not valid JSON"):
         ChatReply("sure! here it is").json()
     assert ChatReply(json.dumps({"a": [1]})).json() == {"a": [1]}
+
+
+def test_models_dir_falls_back_to_the_checkout_when_the_current_directory_has_none(
+    tmp_path, monkeypatch
+):
+    from t2s.embedded import models_dir
+
+    monkeypatch.delenv("T2S_MODELS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    checkout_models = Path(__file__).resolve().parent.parent / "models"
+    assert models_dir().resolve() == checkout_models.resolve()
+    (tmp_path / "models").mkdir()
+    assert models_dir() == Path("models")
+
+
+def test_a_foreign_file_is_refused_when_the_model_is_named(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all" * 10)
+    with pytest.raises(ModelError, match="not a GGUF file"):
+        resolve_model(str(bad))

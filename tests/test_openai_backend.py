@@ -154,3 +154,28 @@ def test_request_carries_the_schema_in_openai_form(monkeypatch):
         "json_schema": {"name": "reply", "schema": SCHEMA, "strict": True},
     }
     assert (sent[0]["model"], sent[0]["max_tokens"], sent[0]["seed"]) == ("qwen", 7, 3)
+
+
+def test_a_run_against_no_reachable_server_stops_before_any_item(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    source = resolve_model(f"openai:{url}#smol", timeout=5)
+    started = []
+    with pytest.raises(ModelError, match="cannot reach"):
+        list(run_pool(lambda model, item: started.append(item), range(3), model=source,
+                      workers=1, progress=False))
+    assert started == []
+
+
+def test_eval_against_an_unreachable_server_is_a_one_line_error(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from t2s.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(main, ["init", "skills_repo"]).exit_code == 0
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = runner.invoke(main, ["eval", "--tasks", "bundled", "--skill", "main", "--limit", "1",
+                                  "--workers", "1", "--model", f"openai:{url}#smol"])
+    assert result.exit_code == 1
+    assert "cannot reach" in result.output and "Traceback" not in result.output

@@ -53,7 +53,9 @@ def resolve_model(spec: str | None = None, **options) -> ModelSource:
         if not path.is_file():
             raise ModelError(f"the embedded model {path} is missing: run `make model`")
         return LlamaSource(str(path), **options)
-    return LlamaSource(str(_find_gguf(spec)), **options)
+    path = _find_gguf(spec)
+    read_gguf(path)  # a foreign or truncated file is refused before any work starts
+    return LlamaSource(str(path), **options)
 
 
 def _openai_source(spec: str, **options) -> OpenAISource:

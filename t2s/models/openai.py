@@ -30,6 +30,20 @@ class OpenAISource:
             raise ModelError("an OpenAI-compatible model needs at least one base URL")
         self.name = self.name or self.model
 
+    def prepare(self) -> None:
+        """Before any work starts: at least one server must answer, or the run stops here
+        with one line instead of recording every task as failed."""
+        failures = []
+        for url in self.base_urls:
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=min(self.timeout, 10)):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answered: a server that does not list models can still chat
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+                failures.append(f"{url} ({getattr(error, 'reason', error)})")
+        raise ModelError(f"cannot reach {'; '.join(failures)}; start the server or fix --model")
+
     def load(self, *, threads: int | None = None, worker_index: int = 0) -> OpenAIModel:
         start = worker_index % len(self.base_urls)
         urls = self.base_urls[start:] + self.base_urls[:start]
