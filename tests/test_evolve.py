@@ -312,10 +312,10 @@ def test_a_round_without_patches_ends_on_the_unchanged_skill(workspace):
 
 @pytest.mark.model
 def test_one_real_round_with_the_embedded_model(tmp_path, embedded_model_path):
-    """The whole loop on the embedded model: 1 bundled task to evolve on, 1 held out, tiny budgets."""
+    """The whole loop on the embedded model: 2 bundled tasks to evolve on, 2 held out, tiny budgets."""
     SkillsRepo.init(tmp_path / "skills_repo")
     config = Config(tasks="bundled", model=str(embedded_model_path), rounds=1, workers=2,
-                    limit=1, turns=1, max_tokens=64, timeout=900, analysts="error",
+                    limit=2, turns=1, max_tokens=64, timeout=900, analysts="error",
                     repo=str(tmp_path / "skills_repo"), runs_dir=str(tmp_path / "runs"),
                     run_id="real")
     result = evolve(config, progress=False)
@@ -323,13 +323,13 @@ def test_one_real_round_with_the_embedded_model(tmp_path, embedded_model_path):
     assert state.done == ["rollout", "analysis", "merge", "eval"]
     run_dir = tmp_path / "runs" / "real" / "round-1"
     trajectories = list((run_dir / "trajectories").glob("*.json"))
-    assert len(trajectories) == 1
+    assert len(trajectories) == 2
     from t2s.trajectory import Trajectory
 
     trajectory = Trajectory.load(trajectories[0])
     assert trajectory.model.startswith("SmolLM2") and trajectory.steps
     assert trajectory.tokens["completion"] > 0
-    assert len(list((run_dir / "analysis").glob("*.json"))) == 1
+    assert len(list((run_dir / "analysis").glob("*.json"))) == 2
     repo = SkillsRepo.open(tmp_path / "skills_repo")
     assert repo.resolve(state.result_ref) == state.result_commit
     assert set(state.scores) == {"base", "result"}
