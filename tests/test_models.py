@@ -11,7 +11,7 @@ from test_gguf import small_model
 
 from t2s import embedded
 from t2s.cli import main
-from t2s.errors import ModelError
+from t2s.errors import ConfigError, ModelError
 from t2s.models import LlamaSource, OpenAISource, list_models, resolve_model
 from t2s.models.base import (
     GRAMMAR_MAX_REPEAT,
@@ -353,3 +353,14 @@ def test_a_foreign_file_is_refused_when_the_model_is_named(tmp_path):
     bad.write_bytes(b"not a model at all" * 10)
     with pytest.raises(ModelError, match="not a GGUF file"):
         resolve_model(str(bad))
+
+
+def test_context_size_and_gpu_layers_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("T2S_CTX", "8192")
+    monkeypatch.setenv("T2S_GPU_LAYERS", "-1")
+    source = resolve_model("embedded")
+    assert (source.n_ctx, source.gpu_layers) == (8192, -1)
+    assert resolve_model("embedded", n_ctx=2048).n_ctx == 2048  # an explicit option wins
+    monkeypatch.setenv("T2S_CTX", "lots")
+    with pytest.raises(ConfigError, match="T2S_CTX='lots'"):
+        resolve_model("embedded")

@@ -8,6 +8,9 @@ A model spec is one of:
 - ``openai:URL[,URL...]#MODEL``: an OpenAI-compatible server (llama.cpp's server, vLLM,
   Ollama), e.g. ``openai:http://127.0.0.1:8080/v1#qwen3-8b``. With several URLs, pool workers
   are spread over them. The API key, if the server wants one, comes from ``$OPENAI_API_KEY``.
+
+For a GGUF, ``$T2S_CTX`` sets the context size (default 4096) and ``$T2S_GPU_LAYERS`` how many
+layers go to the GPU (default 0; -1 for all), for every command and every pool worker.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t2s.embedded import EMBEDDED_MODEL_FILE, models_dir
-from t2s.errors import ModelError
+from t2s.errors import ConfigError, ModelError
 from t2s.models.base import ChatOptions, ChatReply, Model, ModelSource, Usage
 from t2s.models.gguf import GGUFInfo, read_gguf
 from t2s.models.llama import LlamaSource
@@ -48,6 +51,7 @@ def resolve_model(spec: str | None = None, **options) -> ModelSource:
     """
     if spec is not None and spec.startswith(OPENAI_PREFIX):
         return _openai_source(spec, **options)
+    _llama_options_from_environment(options)
     if spec in (None, "", "embedded"):
         path = models_dir() / EMBEDDED_MODEL_FILE
         if not path.is_file():
@@ -56,6 +60,21 @@ def resolve_model(spec: str | None = None, **options) -> ModelSource:
     path = _find_gguf(spec)
     read_gguf(path)  # a foreign or truncated file is refused before any work starts
     return LlamaSource(str(path), **options)
+
+
+def _llama_options_from_environment(options: dict) -> None:
+    settings = (("T2S_CTX", "n_ctx", 256), ("T2S_GPU_LAYERS", "gpu_layers", -1))
+    for variable, option, smallest in settings:
+        value = os.environ.get(variable, "").strip()
+        if not value or option in options:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            number = smallest - 1
+        if number < smallest:
+            raise ConfigError(f"{variable}={value!r} is not a whole number of at least {smallest}")
+        options[option] = number
 
 
 def _openai_source(spec: str, **options) -> OpenAISource:
