@@ -220,7 +220,8 @@ def test_failing_tools_fail_their_step_and_the_rollout_goes_on(task, skill, tmp_
     assert "not a single cell" in errors[2]
     assert errors[3] == "ValueError: bad idea"
     assert "ValueError: bad idea" in trajectory.steps[3].observation  # the traceback is shown
-    assert errors[4] == "timed out after 1s"
+    # A busy loop meets the CPU limit or the wall clock first, depending on the machine's load.
+    assert errors[4].startswith("timed out after 1s")
     assert "args/name: 'missing.md' is not one of" in errors[5]
     assert [s.ok for s in trajectory.steps] == [False] * 6 + [True, True]
     # Failed steps that changed nothing are not replayed (they would fail again and be noted).
