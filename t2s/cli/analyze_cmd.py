@@ -10,6 +10,7 @@ from t2s.analysts import ANALYSTS, AnalysisSummary, run_analysis
 from t2s.analysts.records import BRANCH, DROPPED, ERROR, ERROR_ANALYST, REJECTED, SUCCESS_ANALYST
 from t2s.analysts.run import DEFAULT_MAX_TOKENS, DEFAULT_TURNS
 from t2s.cli import main
+from t2s.cli.options import model_option, workers_option
 from t2s.errors import RunError
 from t2s.models import resolve_model
 from t2s.repo import DEFAULT_PATH, SkillsRepo
@@ -24,12 +25,8 @@ from t2s.repo import DEFAULT_PATH, SkillsRepo
     show_default=True,
     help="error: failed trajectories only; success: successful ones only; combined: both.",
 )
-@click.option(
-    "--model", default="embedded", show_default=True, help="GGUF name or path, or openai:URL#MODEL."
-)
-@click.option(
-    "--workers", type=click.IntRange(min=1), help="Worker processes (default 2 or $T2S_WORKERS)."
-)
+@model_option
+@workers_option
 @click.option(
     "--repo",
     "repo_path",

@@ -8,6 +8,7 @@ import click
 
 from t2s.agent import AgentBudget
 from t2s.cli import main
+from t2s.cli.options import model_option, workers_option
 from t2s.errors import ConfigError, TaskError
 from t2s.models import resolve_model
 from t2s.repo import DEFAULT_PATH
@@ -51,12 +52,8 @@ FAILURES_SHOWN = 10
     type=click.Path(file_okay=False),
     help="The skills repository --skill refs are looked up in.",
 )
-@click.option(
-    "--model", default="embedded", show_default=True, help="GGUF name or path, or openai:URL#MODEL."
-)
-@click.option(
-    "--workers", type=click.IntRange(min=1), help="Worker processes (default 2 or $T2S_WORKERS)."
-)
+@model_option
+@workers_option
 @click.option(
     "--turns", type=click.IntRange(min=1), default=20, show_default=True, help="Turns per task."
 )
