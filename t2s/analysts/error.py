@@ -31,7 +31,7 @@ from t2s.analysts.records import (
     AnalysisRecord,
     Reason,
 )
-from t2s.analysts.success import EDIT_HELP, grammar_patch_properties
+from t2s.analysts.success import EDIT_HELP, patch_reply_schema
 from t2s.analysts.vetting import vet_patch
 from t2s.checker import CaseResult, check_case, parse_answer_position
 from t2s.errors import TaskError
@@ -201,18 +201,7 @@ class Workbench:
 
 
 def submit_schema() -> dict:
-    patch = grammar_patch_properties()
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["diagnosis", "lessons", "reasoning", "edits"],
-        "properties": {
-            "diagnosis": {"type": "string"},
-            "lessons": patch["lessons"],
-            "reasoning": patch["reasoning"],
-            "edits": patch["edits"],
-        },
-    }
+    return patch_reply_schema("diagnosis")
 
 
 def describe_check(result: CaseResult) -> str:

@@ -46,13 +46,19 @@ the skill and one trajectory in which the agent solved its task. Reply with one 
 
 def success_schema() -> dict:
     """The reply schema: the lean path and lessons first, then the patch's own fields."""
+    return patch_reply_schema("solution_path")
+
+
+def patch_reply_schema(first_field: str) -> dict:
+    """A patch reply led by one free-text field (`first_field`), so the model writes its
+    account before the lessons and edits that follow from it."""
     patch = grammar_patch_properties()
     return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["solution_path", "lessons", "reasoning", "edits"],
+        "required": [first_field, "lessons", "reasoning", "edits"],
         "properties": {
-            "solution_path": {"type": "string"},
+            first_field: {"type": "string"},
             "lessons": patch["lessons"],
             "reasoning": patch["reasoning"],
             "edits": patch["edits"],

@@ -1,4 +1,4 @@
-"""Options shared by the commands that run a model in the pool."""
+"""Options shared by several commands."""
 
 import click
 
@@ -7,4 +7,18 @@ model_option = click.option(
 )
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), help="Worker processes (default 2 or $T2S_WORKERS)."
+)
+split_option = click.option(
+    "--split",
+    type=click.Choice(["train", "test", "all"]),
+    default="all",
+    show_default=True,
+    help="Which share of the tasks, split by a hash of each task id.",
+)
+ratio_option = click.option(
+    "--ratio",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Share of tasks in the train split.",
 )

@@ -8,7 +8,7 @@ import click
 
 from t2s.agent import AgentBudget
 from t2s.cli import main
-from t2s.cli.options import model_option, workers_option
+from t2s.cli.options import model_option, ratio_option, split_option, workers_option
 from t2s.errors import ConfigError, TaskError
 from t2s.models import resolve_model
 from t2s.repo import DEFAULT_PATH
@@ -23,20 +23,8 @@ FAILURES_SHOWN = 10
 @click.option(
     "--tasks", "suite", default="bundled", show_default=True, help="`bundled` or a suite directory."
 )
-@click.option(
-    "--split",
-    type=click.Choice(["train", "test", "all"]),
-    default="all",
-    show_default=True,
-    help="Which share of the tasks, split by a hash of each task id.",
-)
-@click.option(
-    "--ratio",
-    type=click.FloatRange(0.0, 1.0),
-    default=0.5,
-    show_default=True,
-    help="Share of tasks in the train split.",
-)
+@split_option
+@ratio_option
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N tasks of the split.")
 @click.option(
     "--skill",

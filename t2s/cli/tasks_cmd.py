@@ -8,6 +8,7 @@ import textwrap
 import click
 
 from t2s.cli import main
+from t2s.cli.options import ratio_option, split_option
 from t2s.tasks import get_task, load_suite, preview_workbook, split_tasks
 
 
@@ -18,20 +19,8 @@ def tasks_group():
 
 @tasks_group.command("list")
 @click.argument("suite")
-@click.option(
-    "--split",
-    type=click.Choice(["train", "test", "all"]),
-    default="all",
-    show_default=True,
-    help="Which share of the tasks, split by a hash of each task id.",
-)
-@click.option(
-    "--ratio",
-    type=click.FloatRange(0.0, 1.0),
-    default=0.5,
-    show_default=True,
-    help="Share of tasks in the train split.",
-)
+@split_option
+@ratio_option
 def list_tasks(suite, split, ratio):
     """List the tasks of SUITE: id, kind, type, test cases, instruction."""
     loaded = load_suite(suite)
