@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from t2s.errors import ModelError
 from t2s.models.base import (
@@ -17,6 +18,9 @@ from t2s.models.base import (
     largest_bound,
 )
 from t2s.models.gguf import read_gguf
+
+if TYPE_CHECKING:
+    from t2s.models.llama_batch import BatchedLlamaModel
 
 INSTALL_HINT = "pip install llama-cpp-python (or run `make setup`)"
 
@@ -39,11 +43,18 @@ class LlamaSource:
         """Run in the pool's parent before forking: check the file and import llama_cpp (no
         model is loaded), so errors come early and workers share the library's memory."""
         read_gguf(self.path)  # a missing, foreign or truncated file gets a precise message
-        _import_llama_cpp()
+        import_llama_cpp()
 
-    def load(self, *, threads: int | None = None, worker_index: int = 0) -> LlamaModel:
+    def load(
+        self, *, threads: int | None = None, worker_index: int = 0, parallel: int = 1
+    ) -> LlamaModel | BatchedLlamaModel:
+        """One conversation at a time, or `parallel` callers decoded together in one context."""
         self.prepare()
-        llama_cpp = _import_llama_cpp()
+        if parallel > 1:
+            from t2s.models.llama_batch import BatchedLlamaModel
+
+            return BatchedLlamaModel(self, threads=threads, parallel=parallel)
+        llama_cpp = import_llama_cpp()
         try:
             llama = llama_cpp.Llama(
                 model_path=self.path,
@@ -55,13 +66,16 @@ class LlamaSource:
                 verbose=False,  # llama.cpp logs every load to stderr otherwise
             )
         except (ValueError, RuntimeError) as error:
-            raise ModelError(
-                f"llama.cpp cannot load {self.path} ({error}); is it a model llama.cpp supports?"
-            ) from None
+            raise self.cannot_load(error) from None
         return LlamaModel(llama, self.name)
 
+    def cannot_load(self, error: Exception) -> ModelError:
+        return ModelError(
+            f"llama.cpp cannot load {self.path} ({error}); is it a model llama.cpp supports?"
+        )
 
-def _import_llama_cpp():
+
+def import_llama_cpp():
     try:
         import llama_cpp
     except ImportError:
@@ -69,7 +83,50 @@ def _import_llama_cpp():
     return llama_cpp
 
 
-class LlamaModel:
+class SchemaChat:
+    """`chat` for the llama.cpp models: a schema becomes a grammar, and a reply cut off by
+    max_tokens is generated again under bounded strings. Subclasses implement `_complete`."""
+
+    def chat(self, messages: list[dict], options: ChatOptions | None = None) -> ChatReply:
+        options = options or ChatOptions()
+        if options.schema is None:
+            return self._complete(messages, options, None, options.max_tokens)[0]
+        return complete_under_schema(
+            lambda schema, max_tokens: self._complete(messages, options, schema, max_tokens),
+            options,
+        )
+
+    def _complete(self, messages, options, schema, max_tokens) -> tuple[ChatReply, bool]:
+        """The reply, and whether max_tokens (or the context) cut it off."""
+        raise NotImplementedError
+
+
+def context_overflow(n_ctx: int) -> ModelError:
+    return ModelError(
+        f"the prompt does not fit the model's context of {n_ctx} tokens; shorten the "
+        "conversation or load the model with a larger n_ctx"
+    )
+
+
+def grammar_for(schema: dict):
+    """llama.cpp's grammar for a JSON schema, or a ModelError saying why there is none."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    # Built here rather than via response_format, which silently falls back to plain JSON
+    # when the schema cannot be turned into a grammar.
+    if largest_bound(schema) > GRAMMAR_MAX_REPEAT:
+        raise ModelError(
+            f"invalid JSON schema: a maxLength/maxItems of {largest_bound(schema)} is more "
+            f"than llama.cpp's grammar can hold ({GRAMMAR_MAX_REPEAT}); drop the bound and "
+            "check the length after parsing"
+        )
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as error:  # noqa: BLE001 - the converter raises bare Exceptions
+        raise ModelError(f"invalid JSON schema: llama.cpp cannot use it ({error})") from None
+
+
+class LlamaModel(SchemaChat):
     """One loaded model. Consecutive chats that share a prompt prefix reuse its KV cache."""
 
     def __init__(self, llama, name: str):
@@ -86,17 +143,8 @@ class LlamaModel:
 
         llama.eval = counting_eval
 
-    def chat(self, messages: list[dict], options: ChatOptions | None = None) -> ChatReply:
-        options = options or ChatOptions()
-        if options.schema is None:
-            return self._complete(messages, options, None, options.max_tokens)[0]
-        return complete_under_schema(
-            lambda schema, max_tokens: self._complete(messages, options, schema, max_tokens),
-            options,
-        )
-
     def _complete(self, messages, options, schema, max_tokens) -> tuple[ChatReply, bool]:
-        grammar = self._grammar(schema) if schema is not None else None
+        grammar = grammar_for(schema) if schema is not None else None
         self._evaluated.clear()
         started = time.perf_counter()
         try:
@@ -111,10 +159,7 @@ class LlamaModel:
             )
         except ValueError as error:
             if "exceed context window" in str(error):
-                raise ModelError(
-                    f"the prompt does not fit the model's context of {self.llama.n_ctx()} "
-                    "tokens; shorten the conversation or load the model with a larger n_ctx"
-                ) from None
+                raise context_overflow(self.llama.n_ctx()) from None
             raise
         seconds = time.perf_counter() - started
         choice, counts = response["choices"][0], response["usage"]
@@ -125,19 +170,3 @@ class LlamaModel:
         )
         reply = ChatReply(choice["message"]["content"] or "", usage, seconds, self.name)
         return reply, choice["finish_reason"] == "length"
-
-    def _grammar(self, schema: dict):
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        # Built here rather than via response_format, which silently falls back to plain JSON
-        # when the schema cannot be turned into a grammar.
-        if largest_bound(schema) > GRAMMAR_MAX_REPEAT:
-            raise ModelError(
-                f"invalid JSON schema: a maxLength/maxItems of {largest_bound(schema)} is more "
-                f"than llama.cpp's grammar can hold ({GRAMMAR_MAX_REPEAT}); drop the bound and "
-                "check the length after parsing"
-            )
-        try:
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        except Exception as error:  # noqa: BLE001 - the converter raises bare Exceptions
-            raise ModelError(f"invalid JSON schema: llama.cpp cannot use it ({error})") from None
