@@ -32,6 +32,7 @@ class Config:
     rounds: int = 1
     analysts: str = "error"  # error | success | combined
     workers: int = 2
+    parallel: int | None = None  # conversations per worker at once; None: $T2S_PARALLEL or 1
     batch: int = 32  # patches per merge node
     turns: int = 20  # agent turn budget per task
     tokens: int = 60000  # agent token budget per task
@@ -65,6 +66,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "rounds": (int,),
     "analysts": (str,),
     "workers": (int,),
+    "parallel": (int, type(None)),
     "batch": (int,),
     "turns": (int,),
     "tokens": (int,),
@@ -154,6 +156,8 @@ def _validate(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: {name} must be at least 1, got {getattr(config, name)}")
     if config.batch < 2:
         raise ConfigError(f"{source}: batch must be at least 2 (patches merged per node)")
+    if config.parallel is not None and config.parallel < 1:
+        raise ConfigError(f"{source}: parallel must be at least 1, got {config.parallel}")
     if config.limit is not None and config.limit < 1:
         raise ConfigError(f"{source}: limit must be at least 1, got {config.limit}")
     if config.analysts not in ANALYST_VARIANTS:

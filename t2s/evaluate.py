@@ -223,6 +223,7 @@ def evaluate(
     *,
     model,
     workers: int = 2,
+    parallel: int | None = None,
     out_dir: Path | str,
     budget=None,
     timeout: int = 600,
@@ -255,6 +256,7 @@ def evaluate(
             skill_commit=spec.commit or "",
             model=model,
             workers=workers,
+            parallel=parallel,
             budget=budget,
             timeout=timeout,
             progress=progress,
@@ -566,6 +568,7 @@ def ablate(
     *,
     model,
     workers: int = 2,
+    parallel: int | None = None,
     out_dir: Path | str,
     columns_dir: Path | str | None = None,
     budget=None,
@@ -577,9 +580,9 @@ def ablate(
     """Measure each patch of `run_id` alone on the base and removed from the result."""
     specs, entries = ablation_columns(repo, run_id)
     evaluation = evaluate(
-        tasks, specs, model=model, workers=workers, out_dir=out_dir, columns_dir=columns_dir,
-        budget=budget, timeout=timeout, title=f"Ablation of {run_id}", suite=suite, split=split,
-        progress=progress,
+        tasks, specs, model=model, workers=workers, parallel=parallel, out_dir=out_dir,
+        columns_dir=columns_dir, budget=budget, timeout=timeout, title=f"Ablation of {run_id}",
+        suite=suite, split=split, progress=progress,
     )
     base, result = evaluation.column("base"), evaluation.column("result")
     lessons = []
@@ -678,8 +681,8 @@ def run_eval(config, progress: bool = True, model_source=None) -> EvalReport | A
     model = model_source if model_source is not None else resolve_model(config.model)
     columns_dir = measurement_dir(config, suite, tasks, model)
     measured = columns_dir.name
-    common = {"model": model, "workers": config.workers, "columns_dir": columns_dir,
-              "budget": agent_budget(config), "timeout": config.timeout, "suite": suite.name,
+    common = {"model": model, "workers": config.workers, "parallel": config.parallel,
+              "columns_dir": columns_dir, "budget": agent_budget(config), "timeout": config.timeout, "suite": suite.name,
               "split": config.split, "progress": progress}
     if config.ablate:
         out = config.out or runs_dir / f"ablate-{run_id}-{measured[:8]}"

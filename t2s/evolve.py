@@ -14,10 +14,10 @@ Round k's branches in the skills repository are `t2s/<evolve-id>-r<k>/...`; its 
 `accept` moved main there).
 
 Which run a command continues: `run_id` names it explicitly. Without it, the most recent run
-under `<runs>` that was started with the same options (everything but rounds, workers and
-timeout) and has fewer finished rounds than asked is continued; otherwise a new run starts,
-named `evolve-<UTC date>-<time>`. So running the same command again after a crash or Ctrl-C
-continues it, and asking for more rounds extends a finished run.
+under `<runs>` that was started with the same options (everything but rounds, workers,
+parallel and timeout) and has fewer finished rounds than asked is continued; otherwise a new
+run starts, named `evolve-<UTC date>-<time>`. So running the same command again after a crash
+or Ctrl-C continues it, and asking for more rounds extends a finished run.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ from t2s.report import Table, plot_lines, render_markdown, render_text
 STATE_FILE = "evolve.json"
 STAGES = ("rollout", "analysis", "merge", "accept", "eval")
 # Options that do not change what a run computes, so a rerun with other values continues it.
-_VOLATILE = ("rounds", "workers", "timeout", "run_id", "skills", "no_skill", "ablate", "out", "split")
+_VOLATILE = ("rounds", "workers", "parallel", "timeout", "run_id", "skills", "no_skill", "ablate",
+             "out", "split")
 
 
 @dataclass
@@ -213,6 +214,7 @@ class _Stages:
             skill_commit=state.base_commit,
             model=self.model,
             workers=self.config.workers,
+            parallel=self.config.parallel,
             budget=self.budget(),
             timeout=self.config.timeout,
             run_id=state.run_id,
@@ -229,6 +231,7 @@ class _Stages:
             analysts=self.config.analysts,
             model=self.model,
             workers=self.config.workers,
+            parallel=self.config.parallel,
             turns=self.config.turns,
             timeout=self.config.timeout,
             progress=self.progress,
@@ -290,6 +293,7 @@ class _Stages:
             [base] if result.commit == base.commit else [base, result],
             model=self.model,
             workers=self.config.workers,
+            parallel=self.config.parallel,
             out_dir=self.round_dir(state) / "eval",
             columns_dir=measurement_dir(self.config, self.suite, self.test, self.model),
             budget=self.budget(),

@@ -2,22 +2,29 @@
 
 The parent never loads a model: each worker calls `source.load(...)` itself, with the machine's
 threads split between the workers (GGUF weights are memory-mapped, so workers share them).
-Every worker has its own pipe, so the parent always knows which item each worker holds: a
-worker that crashes or outlives the per-item timeout costs that item, which is reported as
-failed, and a fresh worker takes its place. Results stream back as they finish.
+Every worker has its own pipe, so the parent always knows which items each worker holds: a
+worker that crashes costs every item it held, an item that outlives the per-item timeout is
+reported as timed out, and a fresh worker takes the old one's place. Results stream back as
+they finish.
+
+With `parallel` > 1 each worker holds up to that many items and runs them in threads, so a
+model that batches concurrent `chat` calls (several sequences decoded together) can use them.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from t2s.errors import ConfigError, ModelError, T2SError
@@ -25,6 +32,7 @@ from t2s.models.base import ModelSource
 from t2s.progress import Progress
 
 DEFAULT_WORKERS = 2
+DEFAULT_PARALLEL = 1
 STOP_GRACE_SECONDS = 5.0  # how long a worker gets to exit on its own before it is killed
 
 
@@ -46,12 +54,20 @@ def cpu_count() -> int:
 
 
 def default_workers() -> int:
-    value = os.environ.get("T2S_WORKERS", "").strip()
+    return _positive_env("T2S_WORKERS", DEFAULT_WORKERS)
+
+
+def default_parallel() -> int:
+    return _positive_env("T2S_PARALLEL", DEFAULT_PARALLEL)
+
+
+def _positive_env(variable: str, default: int) -> int:
+    value = os.environ.get(variable, "").strip()
     if not value:
-        return DEFAULT_WORKERS
+        return default
     if not value.isdigit() or int(value) < 1:
         raise ConfigError(
-            f"T2S_WORKERS={value!r} is not a positive whole number; set it to 1 or more"
+            f"{variable}={value!r} is not a positive whole number; set it to 1 or more"
         )
     return int(value)
 
@@ -62,14 +78,7 @@ def threads_per_worker(workers: int) -> int:
     On a busy or shared machine, fewer threads than cores is often much faster; T2S_THREADS
     lets the user say so without changing the number of workers.
     """
-    value = os.environ.get("T2S_THREADS", "").strip()
-    if not value:
-        return max(1, cpu_count() // workers)
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(
-            f"T2S_THREADS={value!r} is not a positive whole number; set it to 1 or more"
-        )
-    return int(value)
+    return _positive_env("T2S_THREADS", max(1, cpu_count() // workers))
 
 
 def run_pool(
@@ -78,14 +87,18 @@ def run_pool(
     *,
     model: ModelSource | None,
     workers: int | None = None,
+    parallel: int | None = None,
     timeout: float | None = None,
     label: str = "work",
     progress: bool = True,
 ) -> Iterator[PoolResult]:
     """Yield a PoolResult per item, in the order they finish.
 
-    `workers=1` (or T2S_WORKERS=1) runs in this process. A model that cannot be loaded raises
-    ModelError; anything that goes wrong with one item is recorded in its result instead.
+    `workers=1` (or T2S_WORKERS=1) runs in this process. `parallel` (default T2S_PARALLEL, or 1)
+    is how many items each worker runs at once, on threads that share its model. In this process
+    with `parallel` > 1 there is no per-item timeout: a thread cannot be stopped from outside.
+    A model that cannot be loaded raises ModelError; anything that goes wrong with one item is
+    recorded in its result instead.
     """
     items = list(items)
     count = default_workers() if workers is None else workers
@@ -93,14 +106,19 @@ def run_pool(
         count = 1
     if count < 1:
         raise ConfigError(f"workers must be at least 1, not {count}")
+    parallel = default_parallel() if parallel is None else parallel
+    if parallel < 1:
+        raise ConfigError(f"parallel must be at least 1, not {parallel}")
     if not items:
         return
     count = min(count, len(items))
+    # No worker needs room for more than its share: the model sizes its context by `parallel`.
+    parallel = min(parallel, -(-len(items) // count))
     with Progress(len(items), label, enabled=progress) as bar:
         if count == 1:
-            results = _run_in_process(work, items, model, timeout)
+            results = _run_in_process(work, items, model, timeout, parallel)
         else:
-            results = _run_in_workers(work, items, model, count, timeout, label)
+            results = _run_in_workers(work, items, model, count, parallel, timeout, label)
         for result in results:
             bar.advance(result.ok)
             yield result
@@ -137,52 +155,118 @@ def _run_one(work, model, index: int, item, timeout: float | None) -> PoolResult
     return PoolResult(index, item, True, value, None, time.monotonic() - started)
 
 
+def _run_one_on_thread(work, model, index: int, item) -> PoolResult:
+    """`_run_one` on a helper thread, where nothing may escape: the item's result would never
+    come back, and the run would wait for it forever."""
+    try:
+        return _run_one(work, model, index, item, None)
+    except BaseException as error:  # noqa: BLE001 - e.g. SystemExit, which cannot end the run here
+        return PoolResult(index, item, False, None, _describe(error))
+
+
 def _raise_timeout(signum, frame):
     raise _ItemTimedOut
 
 
 def _in_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
-def _run_in_process(work, items, source, timeout) -> Iterator[PoolResult]:
+def _run_in_process(work, items, source, timeout, parallel: int) -> Iterator[PoolResult]:
     threads = threads_per_worker(1)
     prepare = getattr(source, "prepare", None)
     if prepare is not None:
         prepare()  # the same early errors as with worker processes
-    model = source.load(threads=threads, worker_index=0) if source is not None else None
-    for index, item in enumerate(items):
-        yield _run_one(work, model, index, item, timeout)
+    model = (
+        source.load(threads=threads, worker_index=0, parallel=parallel)
+        if source is not None
+        else None
+    )
+    if parallel == 1:
+        for index, item in enumerate(items):
+            yield _run_one(work, model, index, item, timeout)
+    else:
+        yield from _run_in_threads(work, items, model, parallel)
+
+
+def _run_in_threads(work, items, model, parallel: int) -> Iterator[PoolResult]:
+    """Up to `parallel` items at once on threads of this process, all sharing `model`."""
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(items)):
+        todo.put(index)
+    done: queue.SimpleQueue[PoolResult] = queue.SimpleQueue()
+    stopping = threading.Event()
+
+    def run_items() -> None:
+        while not stopping.is_set():
+            try:
+                index = todo.get_nowait()
+            except queue.Empty:
+                return
+            done.put(_run_one_on_thread(work, model, index, items[index]))
+
+    # Daemon threads: after Ctrl-C the process exits without waiting for the items in flight.
+    for number in range(parallel):
+        threading.Thread(target=run_items, name=f"t2s-item-{number}", daemon=True).start()
+    try:
+        for _ in items:
+            yield done.get()
+    finally:
+        stopping.set()  # when the caller stops early, no thread starts another item
 
 
 # --- worker side -------------------------------------------------------------------------
 
 
-def _worker_main(conn, work, source, threads: int, slot: int, parent_pid: int) -> None:
+def _worker_main(
+    conn, work, source, threads: int, number: int, parallel: int, parent_pid: int
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent(parent_pid)
     try:
-        model = source.load(threads=threads, worker_index=slot) if source is not None else None
+        model = (
+            source.load(threads=threads, worker_index=number, parallel=parallel)
+            if source is not None
+            else None
+        )
     except Exception as error:  # noqa: BLE001 - the parent turns it into a ModelError
         conn.send(("failed", _describe(error)))
         return
     conn.send(("ready",))
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if task is None:
-            return
-        index, item = task
-        result = _run_one(work, model, index, item, None)
-        try:
-            conn.send(("done", index, result.ok, result.value, result.error, result.seconds))
-        except Exception as error:  # noqa: BLE001 - the value does not pickle; nothing was sent
-            reason = f"its result cannot be sent back ({_describe(error)})"
-            conn.send(("done", index, False, None, reason, result.seconds))
+    sending = threading.Lock()  # items finish on several threads: one message at a time
+
+    def run_on_thread(index: int, item) -> None:
+        result = _run_one_on_thread(work, model, index, item)
+        with sending:
+            _send_result(conn, result)
+
+    # With parallel 1 the item runs on this thread, as it always has. Otherwise the parent
+    # never sends more than `parallel` items at once, so each starts on a free thread.
+    executor = ThreadPoolExecutor(parallel, thread_name_prefix="t2s-item") if parallel > 1 else None
+    try:
+        while True:
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if task is None:
+                return
+            index, item = task
+            if executor is None:
+                _send_result(conn, _run_one(work, model, index, item, None))
+            else:
+                executor.submit(run_on_thread, index, item)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+
+def _send_result(conn, result: PoolResult) -> None:
+    try:
+        conn.send(("done", result.index, result.ok, result.value, result.error, result.seconds))
+    except Exception as error:  # noqa: BLE001 - the value does not pickle; nothing was sent
+        reason = f"its result cannot be sent back ({_describe(error)})"
+        conn.send(("done", result.index, False, None, reason, result.seconds))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -202,15 +286,14 @@ def _die_with_parent(parent_pid: int) -> None:
 
 @dataclass
 class _Worker:
-    slot: int
+    number: int
     process: Any
     conn: Any
     ready: bool = False
-    index: int | None = None  # the item it is working on
-    started: float = 0.0
+    held: dict[int, float] = field(default_factory=dict)  # item index -> when it was sent
 
 
-def _run_in_workers(work, items, source, count, timeout, label) -> Iterator[PoolResult]:
+def _run_in_workers(work, items, source, count, parallel, timeout, label) -> Iterator[PoolResult]:
     import multiprocess
     from multiprocess.connection import wait
 
@@ -224,46 +307,48 @@ def _run_in_workers(work, items, source, count, timeout, label) -> Iterator[Pool
     crew: dict[int, _Worker] = {}
     model_name = getattr(source, "name", "") or "model"
 
-    def start(slot: int) -> None:
+    def start(number: int) -> None:
         parent_end, child_end = context.Pipe()
         process = context.Process(
             target=_worker_main,
-            args=(child_end, work, source, threads, slot, os.getpid()),
-            name=f"t2s-{label}-{slot}",
+            args=(child_end, work, source, threads, number, parallel, os.getpid()),
+            name=f"t2s-{label}-{number}",
             daemon=True,
         )
         process.start()
         child_end.close()
-        crew[slot] = _Worker(slot, process, parent_end)
+        crew[number] = _Worker(number, process, parent_end)
 
-    def lost(worker: _Worker, reason: str) -> PoolResult:
-        index = worker.index
-        seconds = time.monotonic() - worker.started
-        return PoolResult(index, items[index], False, None, reason, seconds)
+    def lost(worker: _Worker, indices: list[int], reason: str) -> list[PoolResult]:
+        now = time.monotonic()
+        return [
+            PoolResult(index, items[index], False, None, reason, now - worker.held[index])
+            for index in indices
+        ]
 
     def replace(worker: _Worker) -> None:
         _stop(worker, kill=True)
-        del crew[worker.slot]
+        del crew[worker.number]
         if pending:
-            start(worker.slot)
+            start(worker.number)
 
     finished = False
     try:
-        for slot in range(count):
-            start(slot)
+        for number in range(count):
+            start(number)
         remaining = len(items)
         while remaining:
             now = time.monotonic()
             for worker in crew.values():
-                if worker.ready and worker.index is None and pending:
-                    worker.index, worker.started = pending.popleft(), now
+                while worker.ready and len(worker.held) < parallel and pending:
+                    index = pending.popleft()
+                    worker.held[index] = now
                     try:
-                        worker.conn.send((worker.index, items[worker.index]))
+                        worker.conn.send((index, items[index]))
                     except (BrokenPipeError, OSError):
-                        pass  # it died; its exit is noticed below
-            deadlines = [
-                w.started + timeout for w in crew.values() if timeout and w.index is not None
-            ]
+                        break  # it died; its exit is noticed below
+            sent = [started for w in crew.values() for started in w.held.values()]
+            deadlines = [started + timeout for started in sent] if timeout else []
             wait_for = min([max(0.0, d - now) for d in deadlines] + [1.0])
             wait(
                 [w.conn for w in crew.values()] + [w.process.sentinel for w in crew.values()],
@@ -276,29 +361,30 @@ def _run_in_workers(work, items, source, count, timeout, label) -> Iterator[Pool
                         worker.ready = True
                     elif message[0] == "failed":
                         raise ModelError(f"cannot load {model_name} in a worker: {message[1]}")
-                    elif message[0] == "done" and message[1] == worker.index:
+                    elif message[0] == "done" and message[1] in worker.held:
                         _, index, ok, value, error, seconds = message
-                        worker.index = None
+                        del worker.held[index]
                         remaining -= 1
                         yield PoolResult(index, items[index], ok, value, error, seconds)
                 if worker.process.exitcode is not None or worker.conn.closed:
                     _stop(worker, kill=False)  # a torn pipe: let it finish dying, then reap it
                     code = worker.process.exitcode
-                    if worker.index is None and not worker.ready:
+                    if not worker.ready:
                         raise ModelError(
                             f"a worker crashed while loading {model_name} ({_exit_text(code)})"
                         )
-                    if worker.index is not None:
+                    reason = f"worker crashed ({_exit_text(code)})"
+                    for result in lost(worker, list(worker.held), reason):
                         remaining -= 1
-                        yield lost(worker, f"worker crashed ({_exit_text(code)})")
+                        yield result
                     replace(worker)
-                elif (
-                    timeout
-                    and worker.index is not None
-                    and time.monotonic() - worker.started > timeout
-                ):
-                    remaining -= 1
-                    yield lost(worker, f"timed out after {timeout:g}s")
+                elif late := _overdue(worker, timeout):
+                    # Killing the worker stops its late items and every other item it held;
+                    # those did nothing wrong, so they go back to the front of the queue.
+                    pending.extendleft(reversed([i for i in worker.held if i not in late]))
+                    for result in lost(worker, late, f"timed out after {timeout:g}s"):
+                        remaining -= 1
+                        yield result
                     replace(worker)
         for worker in crew.values():
             try:
@@ -310,6 +396,14 @@ def _run_in_workers(work, items, source, count, timeout, label) -> Iterator[Pool
         # Normal end, an error, Ctrl-C or the caller stopping early: no worker outlives us.
         for worker in crew.values():
             _stop(worker, kill=not finished)
+
+
+def _overdue(worker: _Worker, timeout: float | None) -> list[int]:
+    """The items `worker` has held for longer than `timeout` seconds."""
+    if not timeout:
+        return []
+    now = time.monotonic()
+    return [index for index, sent in worker.held.items() if now - sent > timeout]
 
 
 def _messages(worker: _Worker) -> Iterator[tuple]:

@@ -17,7 +17,7 @@ def git_identity(tmp_path_factory, monkeypatch):
         monkeypatch.setenv(f"GIT_{role}_NAME", "T2S Test")
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "t2s-test@example.invalid")
     monkeypatch.delenv("T2S_WORKERS", raising=False)
-    for variable in ("T2S_THREADS", "T2S_CTX", "T2S_GPU_LAYERS"):
+    for variable in ("T2S_PARALLEL", "T2S_THREADS", "T2S_CTX", "T2S_GPU_LAYERS"):
         monkeypatch.delenv(variable, raising=False)
 
 

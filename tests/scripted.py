@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ class ScriptedModel:
 
     A reply is a string (returned as is), a dict or list (returned as JSON), or a function of
     (messages, options) returning either. When the script runs out, the last reply repeats.
+    Safe to call from several threads: each call takes the next reply exactly once.
     """
 
     def __init__(self, replies: list[Reply], name: str = "scripted"):
@@ -25,11 +27,13 @@ class ScriptedModel:
         self.replies = list(replies)
         self.name = name
         self.calls: list[tuple[list[dict], ChatOptions]] = []
+        self._calls_lock = threading.Lock()
 
     def chat(self, messages, options=None):
         options = options or ChatOptions()
-        index = min(len(self.calls), len(self.replies) - 1)
-        self.calls.append(([dict(m) for m in messages], options))
+        with self._calls_lock:
+            index = min(len(self.calls), len(self.replies) - 1)
+            self.calls.append(([dict(m) for m in messages], options))
         reply = self.replies[index]
         if callable(reply):
             reply = reply(messages, options)
@@ -44,8 +48,10 @@ class ScriptedSource:
 
     replies: list[Reply]
     name: str = "scripted"
-    loads: list[int] = field(default_factory=list)
+    loads: list[int] = field(default_factory=list)  # worker_index of each load
+    parallels: list[int] = field(default_factory=list)  # parallel of each load
 
-    def load(self, *, threads=None, worker_index=0):
+    def load(self, *, threads=None, worker_index=0, parallel=1):
         self.loads.append(worker_index)
+        self.parallels.append(parallel)
         return ScriptedModel(self.replies, self.name)

@@ -59,3 +59,13 @@ def test_invalid_toml_is_a_config_error(tmp_path):
 def test_round_trip_through_dict():
     config = Config(model="m.gguf", rounds=2, skills=["main"])
     assert Config.from_dict(config.to_dict()) == config
+
+
+def test_parallel_is_left_to_the_environment_unless_given(tmp_path):
+    assert load_config({}, cwd=tmp_path).parallel is None  # the pool reads $T2S_PARALLEL
+    write_toml(tmp_path, "parallel = 4\n")
+    assert load_config({"parallel": None}, cwd=tmp_path).parallel == 4
+    assert load_config({"parallel": 2}, cwd=tmp_path).parallel == 2
+    write_toml(tmp_path, "parallel = 0\n")
+    with pytest.raises(ConfigError, match="parallel must be at least 1, got 0"):
+        load_config({}, cwd=tmp_path)

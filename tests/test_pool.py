@@ -9,12 +9,14 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from click.testing import CliRunner
 from scripted import ScriptedSource
 
-from t2s.errors import ConfigError, ModelError
+from t2s.cli import main
+from t2s.errors import ConfigError, ModelError, RunError
 from t2s.models import LlamaSource
 from t2s.models.base import ChatOptions
-from t2s.pool import PoolResult, run_pool, threads_per_worker
+from t2s.pool import PoolResult, default_parallel, run_pool, threads_per_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,8 +47,8 @@ def test_each_worker_loads_its_model_once_with_its_share_of_threads(monkeypatch)
     monkeypatch.setattr("t2s.pool.cpu_count", lambda: 4)
 
     class CountingSource(ScriptedSource):
-        def load(self, *, threads=None, worker_index=0):
-            model = super().load(threads=threads, worker_index=worker_index)
+        def load(self, *, threads=None, worker_index=0, parallel=1):
+            model = super().load(threads=threads, worker_index=worker_index, parallel=parallel)
             model.loaded_with = (os.getpid(), threads, worker_index, len(self.loads))
             return model
 
@@ -153,7 +155,7 @@ def test_a_model_that_cannot_load_stops_the_run_with_its_reason():
     class BrokenSource:
         name = "broken"
 
-        def load(self, *, threads=None, worker_index=0):
+        def load(self, *, threads=None, worker_index=0, parallel=1):
             raise ModelError("model file nowhere.gguf not found")
 
     with pytest.raises(ModelError, match="cannot load broken in a worker: model file nowhere.gguf"):
@@ -190,7 +192,8 @@ def test_progress_is_reported_on_stderr(capsys):
     assert "demo" in capsys.readouterr().err
 
 
-def test_ctrl_c_stops_every_worker_and_leaves_no_orphans(tmp_path):
+@pytest.mark.parametrize("workers, parallel", [(2, 1), (2, 2), (1, 2)])
+def test_ctrl_c_stops_every_worker_and_leaves_no_orphans(tmp_path, workers, parallel):
     script = tmp_path / "interrupted.py"
     script.write_text(
         textwrap.dedent(
@@ -200,28 +203,33 @@ def test_ctrl_c_stops_every_worker_and_leaves_no_orphans(tmp_path):
             from t2s.pool import run_pool
 
             def stall(model, item):
-                open(os.path.join({str(tmp_path)!r}, f"worker-{{os.getpid()}}"), "w").close()
+                name = f"item-{{os.getpid()}}-{{item}}"
+                open(os.path.join({str(tmp_path)!r}, name), "w").close()
                 time.sleep(60)
 
-            for result in run_pool(stall, range(4), model=None, workers=2, progress=False):
+            results = run_pool(
+                stall, range(8), model=None, workers={workers}, parallel={parallel}, progress=False
+            )
+            for result in results:
                 print(result)
             """
         )
     )
+    running = workers * parallel
     process = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
-        while len(list(tmp_path.glob("worker-*"))) < 2 and time.monotonic() < deadline:
+        while len(list(tmp_path.glob("item-*"))) < running and time.monotonic() < deadline:
             time.sleep(0.1)
-        workers = [int(path.name.split("-")[1]) for path in tmp_path.glob("worker-*")]
-        assert len(workers) == 2
+        pids = {int(path.name.split("-")[1]) for path in tmp_path.glob("item-*")}
+        assert len(list(tmp_path.glob("item-*"))) == running
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=20)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode != 0 and "KeyboardInterrupt" in stderr
-    for pid in workers:
+    for pid in pids:
         assert not _alive(pid), f"worker {pid} outlived the interrupted parent"
 
 
@@ -292,3 +300,178 @@ def test_t2s_threads_overrides_the_even_split(monkeypatch):
     monkeypatch.setenv("T2S_THREADS", "zero")
     with pytest.raises(ConfigError, match="T2S_THREADS='zero'"):
         threads_per_worker(2)
+
+
+# --- several items at once in each worker ("parallel") ------------------------------------
+
+
+class StampingSource(ScriptedSource):
+    """Each model knows the `parallel` it was loaded with, so work running in a worker sees it."""
+
+    def load(self, *, threads=None, worker_index=0, parallel=1):
+        model = super().load(threads=threads, worker_index=worker_index, parallel=parallel)
+        model.parallel = parallel
+        return model
+
+
+def timed(model, item):
+    started = time.monotonic()
+    time.sleep(0.3)
+    return {
+        "pid": os.getpid(),
+        "start": started,
+        "end": time.monotonic(),
+        "parallel": model.parallel,
+    }
+
+
+def most_at_once(spans):
+    """The largest number of (start, end) spans that overlap at one moment."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running, most = 0, 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_each_worker_runs_up_to_parallel_items_at_once():
+    results = list(
+        run_pool(
+            timed, range(12), model=StampingSource(["x"]), workers=2, parallel=3, progress=False
+        )
+    )
+    assert sorted(r.index for r in results) == list(range(12))
+    assert all(r.ok for r in results)
+    assert {r.value["parallel"] for r in results} == {3}  # each worker loaded for 3 callers
+    by_pid = {}
+    for r in results:
+        by_pid.setdefault(r.value["pid"], []).append((r.value["start"], r.value["end"]))
+    overlaps = [most_at_once(spans) for spans in by_pid.values()]
+    assert max(overlaps) >= 2  # items really ran together inside one worker
+    assert max(overlaps) <= 3  # and never more than `parallel` of them
+
+
+def test_a_crash_costs_every_item_the_worker_held():
+    def crashy(model, item):
+        if item == 1:
+            time.sleep(0.2)  # its neighbour in the worker is still running
+            os._exit(3)
+        time.sleep(1.0)
+        return item
+
+    results = by_index(
+        run_pool(
+            crashy, range(6), model=ScriptedSource(["x"]), workers=2, parallel=2, progress=False
+        )
+    )
+    assert sorted(results) == list(range(6))
+    failed = [i for i, r in results.items() if not r.ok]
+    # Items 0 and 1 were sent to the same worker together.
+    assert failed == [0, 1]
+    assert {results[i].error for i in failed} == {"worker crashed (exit code 3)"}
+    assert [results[i].value for i in (2, 3, 4, 5)] == [2, 3, 4, 5]
+
+
+def test_a_timeout_requeues_the_other_items_its_worker_held(tmp_path):
+    def sleepy(model, item):
+        (tmp_path / f"{item}-{os.getpid()}-{time.monotonic_ns()}").touch()
+        if item == 0:
+            time.sleep(60)
+        time.sleep(0.05 if item == 1 else 0.6)
+        return item
+
+    results = by_index(
+        run_pool(sleepy, range(10), model=None, workers=2, parallel=2, timeout=1.0, progress=False)
+    )
+    assert results[0].ok is False and results[0].error == "timed out after 1s"
+    assert all(results[i].ok and results[i].value == i for i in range(1, 10))
+    starts = [int(path.name.split("-")[0]) for path in tmp_path.iterdir()]
+    assert starts.count(0) == 1
+    # The hung item's worker was running another item when it was killed: that item ran again.
+    assert any(starts.count(i) == 2 for i in range(1, 10))
+
+
+def test_in_process_parallel_runs_items_on_threads():
+    import threading
+
+    source = StampingSource(["x"])
+
+    def where(model, item):
+        started = time.monotonic()
+        reply = model.chat([{"role": "user", "content": str(item)}]).text
+        time.sleep(0.3)
+        return os.getpid(), threading.get_ident(), started, time.monotonic(), reply
+
+    results = list(run_pool(where, range(4), model=source, workers=1, parallel=2, progress=False))
+    assert sorted(r.index for r in results) == list(range(4))
+    assert (source.loads, source.parallels) == ([0], [2])  # loaded here, once, for 2 callers
+    assert {r.value[0] for r in results} == {os.getpid()}
+    assert len({r.value[1] for r in results}) == 2
+    assert most_at_once([(r.value[2], r.value[3]) for r in results]) == 2
+    assert {r.value[4] for r in results} == {"x"}
+
+
+def test_parallel_never_exceeds_the_items_a_worker_can_get():
+    source = ScriptedSource(["x"])
+    list(
+        run_pool(
+            lambda model, item: item, range(3), model=source, workers=1, parallel=8, progress=False
+        )
+    )
+    assert source.parallels == [3]
+
+
+def test_bad_parallel_values_are_refused(monkeypatch):
+    with pytest.raises(ConfigError, match="parallel must be at least 1"):
+        list(run_pool(echo, [1], model=None, workers=1, parallel=0))
+    for value in ("0", "x"):
+        monkeypatch.setenv("T2S_PARALLEL", value)
+        with pytest.raises(ConfigError, match=f"T2S_PARALLEL='{value}' is not a positive"):
+            list(run_pool(echo, [1], model=None, workers=1))
+    monkeypatch.setenv("T2S_PARALLEL", "2")
+    assert default_parallel() == 2
+
+
+@pytest.mark.parametrize("command", [["rollout"], ["analyze", "some-run"], ["evolve"], ["eval"]])
+def test_cli_refuses_parallel_zero(command):
+    result = CliRunner().invoke(main, [*command, "--parallel", "0"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--parallel'" in result.output
+
+
+class PoolReached(RunError):
+    pass
+
+
+@pytest.mark.parametrize("command", [["rollout", "--no-skill"], ["eval", "--no-skill"]])
+def test_cli_parallel_reaches_run_pool(command, tmp_path, monkeypatch):
+    import t2s.models
+    import t2s.rollout
+    from t2s.cli import rollout_cmd
+
+    seen = []
+
+    def fake_pool(work, items, **options):
+        seen.append(options["parallel"])
+        raise PoolReached("the pool was reached")
+
+    monkeypatch.setattr(t2s.rollout, "run_pool", fake_pool)
+    monkeypatch.setattr(rollout_cmd, "resolve_model", lambda spec: ScriptedSource(["x"]))
+    monkeypatch.setattr(t2s.models, "resolve_model", lambda spec=None, **kw: ScriptedSource(["x"]))
+    monkeypatch.chdir(tmp_path)
+    args = [*command, "--tasks", "bundled", "--limit", "1", "--parallel", "2", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.output.startswith("Error: the pool was reached"), result.output
+    assert seen == [2]
+
+
+def test_an_item_that_exits_on_a_thread_is_a_failed_item():
+    def exits(model, item):
+        if item == 1:
+            raise SystemExit("bye")
+        return item
+
+    results = by_index(run_pool(exits, range(4), model=None, workers=1, parallel=2, progress=False))
+    assert results[1].ok is False and results[1].error.startswith("SystemExit: bye")
+    assert [results[i].value for i in (0, 2, 3)] == [0, 2, 3]

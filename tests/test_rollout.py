@@ -137,8 +137,8 @@ def test_pool_failures_are_recorded_as_failed_attempts(tmp_path, suite, skill):
     class Exploding(ScriptedSource):
         """The back-end breaks (not a ModelError) on the second task's first call."""
 
-        def load(self, *, threads=None, worker_index=0):
-            model = super().load(threads=threads, worker_index=worker_index)
+        def load(self, *, threads=None, worker_index=0, parallel=1):
+            model = super().load(threads=threads, worker_index=worker_index, parallel=parallel)
             chat, first_calls = model.chat, []
 
             def exploding_chat(messages, options=None):
@@ -252,10 +252,10 @@ class OneThread:
     path: str
     name: str = ""
 
-    def load(self, *, threads=None, worker_index=0):
+    def load(self, *, threads=None, worker_index=0, parallel=1):
         from t2s.models import LlamaSource
 
-        model = LlamaSource(self.path).load(threads=1, worker_index=worker_index)
+        model = LlamaSource(self.path).load(threads=1, worker_index=worker_index, parallel=parallel)
         self.name = model.name
         return model
 

@@ -10,7 +10,7 @@ from t2s.analysts import ANALYSTS, AnalysisSummary, run_analysis
 from t2s.analysts.records import BRANCH, DROPPED, ERROR, ERROR_ANALYST, REJECTED, SUCCESS_ANALYST
 from t2s.analysts.run import DEFAULT_MAX_TOKENS, DEFAULT_TURNS
 from t2s.cli import main
-from t2s.cli.options import model_option, workers_option
+from t2s.cli.options import model_option, parallel_option, workers_option
 from t2s.errors import RunError
 from t2s.models import resolve_model
 from t2s.repo import DEFAULT_PATH, SkillsRepo
@@ -27,6 +27,7 @@ from t2s.repo import DEFAULT_PATH, SkillsRepo
 )
 @model_option
 @workers_option
+@parallel_option
 @click.option(
     "--repo",
     "repo_path",
@@ -72,6 +73,7 @@ def analyze(
     analysts,
     model,
     workers,
+    parallel,
     repo_path,
     runs_dir,
     turns,
@@ -88,6 +90,7 @@ def analyze(
         analysts=analysts,
         model=resolve_model(model),
         workers=workers,
+        parallel=parallel,
         turns=turns,
         timeout=timeout,
         max_tokens=max_tokens,

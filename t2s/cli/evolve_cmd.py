@@ -7,6 +7,7 @@ Options not given here come from `t2s.toml` in the working directory, then from 
 import click
 
 from t2s.cli import main
+from t2s.cli.options import parallel_option
 from t2s.config import ANALYST_VARIANTS, SPLITS, load_config
 
 
@@ -15,6 +16,7 @@ def _shared_options(function):
         click.option("--tasks", help="Task suite: `bundled` or a SpreadsheetBench-layout directory."),
         click.option("--model", help="GGUF path or name under models/, or openai:URL#NAME."),
         click.option("--workers", type=int, help="Parallel workers (each loads the model once)."),
+        parallel_option,
         click.option("--turns", type=int, help="Agent turn budget per task."),
         click.option("--tokens", type=int, help="Agent token budget per task."),
         click.option("--max-tokens", type=int, help="Tokens per model reply."),

@@ -8,6 +8,13 @@ model_option = click.option(
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), help="Worker processes (default 2 or $T2S_WORKERS)."
 )
+parallel_option = click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    help=(
+        "Conversations each worker runs at once, batched by the model (default 1 or $T2S_PARALLEL)."
+    ),
+)
 split_option = click.option(
     "--split",
     type=click.Choice(["train", "test", "all"]),

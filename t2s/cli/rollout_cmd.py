@@ -8,7 +8,13 @@ import click
 
 from t2s.agent import AgentBudget
 from t2s.cli import main
-from t2s.cli.options import model_option, ratio_option, split_option, workers_option
+from t2s.cli.options import (
+    model_option,
+    parallel_option,
+    ratio_option,
+    split_option,
+    workers_option,
+)
 from t2s.errors import ConfigError, TaskError
 from t2s.models import resolve_model
 from t2s.repo import DEFAULT_PATH
@@ -42,6 +48,7 @@ FAILURES_SHOWN = 10
 )
 @model_option
 @workers_option
+@parallel_option
 @click.option(
     "--turns", type=click.IntRange(min=1), default=20, show_default=True, help="Turns per task."
 )
@@ -83,6 +90,7 @@ def rollout(
     repo_path,
     model,
     workers,
+    parallel,
     turns,
     tokens,
     max_tokens,
@@ -112,6 +120,7 @@ def rollout(
         skill_commit,
         resolve_model(model),
         workers=workers,
+        parallel=parallel,
         budget=AgentBudget(turns=turns, tokens=tokens, max_tokens=max_tokens),
         timeout=timeout,
         progress=not quiet,

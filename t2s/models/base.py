@@ -63,7 +63,11 @@ class ModelSource(Protocol):
 
     name: str
 
-    def load(self, *, threads: int | None = None, worker_index: int = 0) -> Model: ...
+    # `parallel` is how many threads of the worker will call `chat` at once on the returned
+    # model: it must be safe for that many concurrent callers (and may batch their decoding).
+    def load(
+        self, *, threads: int | None = None, worker_index: int = 0, parallel: int = 1
+    ) -> Model: ...
 
     # Optional: `prepare()` runs in the pool's parent before any worker starts. It may check
     # files and import libraries, never load a model.

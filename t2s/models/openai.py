@@ -44,7 +44,11 @@ class OpenAISource:
                 failures.append(f"{url} ({getattr(error, 'reason', error)})")
         raise ModelError(f"cannot reach {'; '.join(failures)}; start the server or fix --model")
 
-    def load(self, *, threads: int | None = None, worker_index: int = 0) -> OpenAIModel:
+    def load(
+        self, *, threads: int | None = None, worker_index: int = 0, parallel: int = 1
+    ) -> OpenAIModel:
+        # Concurrent callers are concurrent requests: the server batches them (llama.cpp's
+        # server needs --parallel for that), so nothing here depends on `parallel`.
         start = worker_index % len(self.base_urls)
         urls = self.base_urls[start:] + self.base_urls[:start]
         return OpenAIModel(urls, self.model, self.api_key, self.timeout, self.name)
@@ -56,6 +60,9 @@ class _Unreachable(Exception):
 
 @dataclass
 class OpenAIModel:
+    """Safe to call from several threads: each call is its own request, and the one piece of
+    shared state, `_json_object_servers`, only ever grows (a race costs one extra request)."""
+
     base_urls: list[str]  # the preferred server first
     model: str
     api_key: str | None = None
