@@ -80,8 +80,8 @@ def bench_rollouts(task_count: int, turns: int, max_tokens: int) -> None:
         f"\nRollouts with {model_path.name}: {len(tasks)} bundled tasks, starter skill, "
         f"{turns} turns, {max_tokens} tokens per reply"
     )
-    print("  workers  rollouts/min  completion tok/s  in model  outside model  solved")
-    for workers in (1, 2):
+    print("  workers  parallel  rollouts/min  completion tok/s  in model  outside model  solved")
+    for workers, parallel in ((1, 1), (2, 1), (2, 2), (2, 4)):
         with tempfile.TemporaryDirectory(prefix="t2s-bench-rollout-") as temporary:
             started = time.perf_counter()
             summary = run_rollouts(
@@ -92,6 +92,7 @@ def bench_rollouts(task_count: int, turns: int, max_tokens: int) -> None:
                 "",
                 LlamaSource(str(model_path)),
                 workers=workers,
+                parallel=parallel,
                 budget=budget,
                 progress=False,
             )
@@ -101,7 +102,7 @@ def bench_rollouts(task_count: int, turns: int, max_tokens: int) -> None:
         outside = summary.outside_model_share
         verdict = "ok" if outside < OUTSIDE_TARGET else f"OVER the {OUTSIDE_TARGET:.0%} target"
         print(
-            f"  {workers:>7}  {rate:12.2f}  {tokens_per_second:16.1f}  "
+            f"  {workers:>7}  {parallel:>8}  {rate:12.2f}  {tokens_per_second:16.1f}  "
             f"{summary.model_seconds:7.0f}s  {outside:12.1%}  {summary.solved:>3}/{summary.tasks}"
             f"   {verdict}"
         )
