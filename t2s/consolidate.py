@@ -1319,28 +1319,41 @@ class AcceptResult:
     run_id: str
     result_sha: str
     previous_main: str
-    moved: bool  # False when main already was the result
+    moved: bool  # False when main already contained the result
+    # Other runs whose results main now contains and did not before: the earlier rounds of
+    # an evolve run that this result builds on.
+    also_accepted: list[str] = field(default_factory=list)
 
 
 def accept(repo: SkillsRepo, run_id: str) -> AcceptResult:
-    """Fast-forward `main` to the run's result, when main is still the run's base."""
+    """Fast-forward `main` to the run's result: main must be in the result's history (the run's
+    base, or an earlier round the result builds on)."""
     result_ref = result_branch_name(run_id)
     with repo.lock():
         if result_ref not in repo.branches(result_ref):
             raise RunError(f"run {run_id} has no result branch {result_ref}: run `t2s merge {run_id}` first")
         result_sha = repo.resolve(result_ref)
         main_sha = repo.resolve(MAIN)
-        if main_sha == result_sha:
+        if repo.is_ancestor(result_sha, main_sha):
             return AcceptResult(run_id, result_sha, main_sha, False)
-        base = _base_of(repo, result_sha)
-        if main_sha != base:
+        if not repo.is_ancestor(main_sha, result_sha):
             raise RunError(
-                f"{MAIN} moved since run {run_id} started (base {base[:10]}, {MAIN} now "
-                f"{main_sha[:10]}): re-run the run on the new {MAIN}, or merge the result by hand "
-                f"with `git merge {result_ref}` in {repo.path}"
+                f"{MAIN} moved elsewhere since run {run_id} started: {MAIN} is {main_sha[:10]}, "
+                f"the run's base {_base_of(repo, result_sha)[:10]}, and the result does not "
+                f"build on {MAIN}. Re-run the run on the new {MAIN}, or merge the result by "
+                f"hand with `git merge {result_ref}` in {repo.path}"
             )
+        before = repo.branches("t2s/", merged_into=main_sha)
+        earlier = sorted(
+            _run_of_result(name) for name in repo.branches("t2s/", merged_into=result_sha)
+            if name.endswith("/result") and name != result_ref and name not in before
+        )
         repo.move_branch(MAIN, result_sha)
-        return AcceptResult(run_id, result_sha, main_sha, True)
+        return AcceptResult(run_id, result_sha, main_sha, True, earlier)
+
+
+def _run_of_result(branch: str) -> str:
+    return branch.removeprefix("t2s/").removesuffix("/result")
 
 
 def _base_of(repo: SkillsRepo, result_sha: str) -> str:

@@ -527,9 +527,13 @@ class SkillsRepo:
         except UnicodeDecodeError:
             raise RepoError(f"{label} is not UTF-8 text: t2s skills hold text files only") from None
 
-    def branches(self, prefix: str = "") -> dict[str, str]:
-        """{branch name: sha} of local branches whose name starts with `prefix`."""
-        output = self.repo.git.for_each_ref("--format=%(objectname) %(refname)", "refs/heads/")
+    def branches(self, prefix: str = "", merged_into: str | None = None) -> dict[str, str]:
+        """{branch name: sha} of local branches whose name starts with `prefix` (with
+        `merged_into`: only those whose tip that commit contains)."""
+        merged = [f"--merged={merged_into}"] if merged_into else []
+        output = self.repo.git.for_each_ref(
+            "--format=%(objectname) %(refname)", *merged, "refs/heads/"
+        )
         found = {}
         for line in output.splitlines():
             sha, ref = line.split(" ", 1)
@@ -1080,7 +1084,7 @@ class SkillsRepo:
             mine = local.get(branch)
             if mine == sha:
                 continue
-            if mine is not None and not self._is_ancestor(mine, sha):
+            if mine is not None and not self.is_ancestor(mine, sha):
                 updates.append(f"{branch}: kept local (differs from the remote's)")
                 continue
             refs[branch] = sha
@@ -1095,9 +1099,9 @@ class SkillsRepo:
         if theirs is None:
             return []
         mine = self._ref_sha(NOTES_REF)
-        if mine == theirs or (mine and self._is_ancestor(theirs, mine)):
+        if mine == theirs or (mine and self.is_ancestor(theirs, mine)):
             return []
-        if mine is None or self._is_ancestor(mine, theirs):
+        if mine is None or self.is_ancestor(mine, theirs):
             self.update_refs({NOTES_REF: theirs}, expected_old={NOTES_REF: mine or ZERO_SHA})
             return ["notes: updated"]
         # Both sides added notes: git's cat_sort_uniq strategy merges them without a work tree.
@@ -1109,11 +1113,11 @@ class SkillsRepo:
         """(new sha for main or None, what happens), refusing before anything moves when main
         is checked out with local changes or the two mains conflict."""
         mine = self._ref_sha(f"refs/heads/{MAIN}")
-        if mine == theirs or (mine and self._is_ancestor(theirs, mine)):
+        if mine == theirs or (mine and self.is_ancestor(theirs, mine)):
             return None, f"{MAIN}: up to date"
         if self.current_branch() in (MAIN, None):
             self.check_clean()
-        if mine is None or self._is_ancestor(mine, theirs):
+        if mine is None or self.is_ancestor(mine, theirs):
             return theirs, f"{MAIN}: fast-forwarded to {theirs[:7]}"
         merged = self.merge_tree(mine, theirs)
         if not merged.clean:
@@ -1126,7 +1130,8 @@ class SkillsRepo:
         sha = self.commit_tree(merged.tree, [mine, theirs], message)
         return sha, f"{MAIN}: merged {label} ({sha[:7]})"
 
-    def _is_ancestor(self, older: str, newer: str) -> bool:
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        """Whether `newer` contains `older` in its history (a commit contains itself)."""
         status, _out, _err = self.repo.git.merge_base(
             "--is-ancestor", older, newer, with_extended_output=True, with_exceptions=False
         )

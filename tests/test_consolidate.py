@@ -431,8 +431,34 @@ def test_accept_fast_forwards_main_and_refuses_when_main_moved(repo, tmp_path):
     other = add_patch(repo, "r3", 0, append("Writing", "- Moved main."))
     run_merge(repo, tmp_path, run="r2")
     repo.move_branch("main", other)
-    with pytest.raises(RunError, match="main moved since run r2 started"):
+    with pytest.raises(RunError, match=f"main moved elsewhere since run r2 started: main is {other[:10]}, "
+                                       f"the run's base {result.result_sha[:10]}"):
         accept(repo, "r2")
+    assert repo.resolve("main") == other
+
+
+def test_accept_fast_forwards_through_earlier_rounds(repo, tmp_path):
+    """As after `t2s evolve --rounds 2`: round 2's patches are based on round 1's result."""
+    start = repo.resolve("main")
+    add_patch(repo, "ev-r1", 0, append("Reading", PREVALENT))
+    first = run_merge(repo, tmp_path, run="ev-r1")
+    add_patch(repo, "ev-r2", 0, append("Writing", "- Check the totals."), base="t2s/ev-r1/result")
+    second = run_merge(repo, tmp_path, run="ev-r2")
+    add_patch(repo, "other", 0, append("Writing", "- Unrelated."))  # a run main does not take
+    run_merge(repo, tmp_path, run="other")
+
+    done = accept(repo, "ev-r2")
+    assert done.moved and done.previous_main == start and done.also_accepted == ["ev-r1"]
+    assert repo.resolve("main") == second.result_sha
+    assert "- Check the totals." in (repo.path / "SKILL.md").read_text()
+    # Round 1 is already in main: nothing moves, main does not go back.
+    again = accept(repo, "ev-r1")
+    assert not again.moved and again.result_sha == first.result_sha
+    assert repo.resolve("main") == second.result_sha
+    # A run on the old base is no fast-forward any more.
+    with pytest.raises(RunError, match="main moved elsewhere since run other started"):
+        accept(repo, "other")
+    assert repo.resolve("main") == second.result_sha
 
 
 def test_cli_merge_accept_and_errors(repo, tmp_path):
@@ -449,6 +475,24 @@ def test_cli_merge_accept_and_errors(repo, tmp_path):
 
     outcome = runner.invoke(cli, ["accept", "r1", "--repo", str(repo.path)])
     assert outcome.exit_code == 0 and "(run r1 accepted)" in outcome.output
+    outcome = runner.invoke(cli, ["accept", "r1", "--repo", str(repo.path)])
+    assert outcome.exit_code == 0 and "main already contains the result of run r1" in outcome.output
+
+    # r2 builds on r1's result and r3 on r2's: accepting r3 takes main through both; r4, on the
+    # old base, is refused with one line.
+    add_patch(repo, "r4", 0, append("Writing", "- On the old base."), base="main")
+    add_patch(repo, "r2", 0, append("Writing", "- Second."), base="t2s/r1/result")
+    assert runner.invoke(cli, ["merge", "r2", "--rules-only", *common]).exit_code == 0
+    add_patch(repo, "r3", 0, append("Writing", "- Third."), base="t2s/r2/result")
+    assert runner.invoke(cli, ["merge", "r3", "--rules-only", *common]).exit_code == 0
+    outcome = runner.invoke(cli, ["accept", "r3", "--repo", str(repo.path)])
+    assert outcome.exit_code == 0, outcome.output
+    assert "(run r3 accepted, and with it r2)" in outcome.output
+    assert runner.invoke(cli, ["merge", "r4", "--rules-only", *common]).exit_code == 0
+    outcome = runner.invoke(cli, ["accept", "r4", "--repo", str(repo.path)])
+    assert outcome.exit_code == 1 and len(outcome.output.splitlines()) == 1
+    assert outcome.output.startswith("Error: main moved elsewhere since run r4 started")
+    assert "`git merge t2s/r4/result`" in outcome.output
 
     outcome = runner.invoke(cli, ["merge", "nothing-here", "--rules-only", *common])
     assert outcome.exit_code == 1

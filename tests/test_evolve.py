@@ -11,6 +11,7 @@ from scripted import ScriptedSource
 
 from t2s.cli import main
 from t2s.config import Config
+from t2s.consolidate import accept
 from t2s.evolve import evolve, load_state
 from t2s.repo import SkillsRepo
 from t2s.tasks import load_suite, split_tasks
@@ -147,7 +148,7 @@ def scripted():
 # -- tests ------------------------------------------------------------------------------------
 
 
-def test_two_rounds_build_on_each_other(workspace):
+def test_two_rounds_build_on_each_other(workspace, monkeypatch):
     # One round first, with no run id: a new run. The same options with two rounds continue it.
     first_run = evolve(config_for(workspace, rounds=1, run_id=None), progress=False,
                        model_source=scripted())
@@ -189,6 +190,21 @@ def test_two_rounds_build_on_each_other(workspace):
     assert "| 2 | 4 | 0.500 | 0.500 | +0.000 |" in Path(result.files["markdown"]).read_text()
     round_report = workspace / "runs" / run / "round-1" / "eval" / "report.md"
     assert "| soft score | 0.500 | 0.500 (±0.000) |" in round_report.read_text()
+    # The finished run again through the CLI: one command accepts both rounds.
+    import t2s.models
+
+    monkeypatch.setattr(t2s.models, "resolve_model", lambda spec=None, **kw: scripted())
+    options = config_for(workspace, run_id=run)
+    outcome = CliRunner().invoke(main, [
+        "evolve", "--quiet", "--run-id", run, "--rounds", "2", "--tasks", options.tasks,
+        "--model", "scripted", "--workers", "1", "--batch", "3", "--turns", "4",
+        "--analysts", "combined", "--repo", options.repo, "--runs-dir", options.runs_dir,
+    ])
+    assert outcome.exit_code == 0, outcome.output
+    assert f"Accept it:      t2s accept {run}-r2 --repo {options.repo}\n" in outcome.output
+    accepted = accept(repo, second.run_id)
+    assert accepted.moved and accepted.also_accepted == [first.run_id]
+    assert repo.resolve("main") == second.result_commit
 
 
 def test_resume_after_interruption_at_each_stage(workspace, monkeypatch):

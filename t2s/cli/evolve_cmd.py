@@ -59,11 +59,11 @@ def evolve_command(quiet, **options):
     if "plot" in result.files:
         click.echo(f"Plot:           {result.files['plot']}")
     click.echo(f"History:        git -C {config.repo} log --graph --oneline --branches")
-    # main moves one round at a time: each accept fast-forwards main to that round's result.
-    changed = [r.run_id for r in result.rounds if r.result_commit != r.base_commit]
+    # Each round builds on the one before, so accepting the last round fast-forwards main
+    # through all of them (its result branch exists even when that round changed nothing).
+    changed = any(r.result_commit != r.base_commit for r in result.rounds)
     if not config.accept and changed:
-        accepts = " && ".join(f"t2s accept {run_id} --repo {config.repo}" for run_id in changed)
-        click.echo(f"Accept it:      {accepts}")
+        click.echo(f"Accept it:      t2s accept {result.rounds[-1].run_id} --repo {config.repo}")
 
 
 @main.command("eval")

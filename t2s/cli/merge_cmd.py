@@ -78,16 +78,21 @@ def merge(run_id, batch, model, rules_only, min_support, singletons, repair_roun
 @click.argument("run_id", metavar="RUN")
 @repo_option
 def accept_command(run_id, repo_path):
-    """Move main to t2s/RUN/result (a fast-forward; refused when main has moved since the run)."""
+    """Move main to t2s/RUN/result, a fast-forward (also through earlier evolve rounds the
+    result builds on); refused when main has moved elsewhere since the run."""
     _echo_accept(SkillsRepo.open(repo_path), run_id)
 
 
 def _echo_accept(repo: SkillsRepo, run_id: str) -> None:
     done = accept(repo, run_id)
-    if done.moved:
-        click.echo(f"main: {done.previous_main[:7]} -> {done.result_sha[:7]} (run {run_id} accepted)")
-    else:
-        click.echo(f"main already is the result of run {run_id} ({done.result_sha[:7]}); nothing to do")
+    if not done.moved:
+        click.echo(f"main already contains the result of run {run_id} ({done.result_sha[:7]}); "
+                   "nothing to do")
+        return
+    line = f"main: {done.previous_main[:7]} -> {done.result_sha[:7]} (run {run_id} accepted"
+    if done.also_accepted:
+        line += f", and with it {', '.join(done.also_accepted)}"
+    click.echo(line + ")")
 
 
 def format_result(result: ConsolidationResult) -> str:
