@@ -255,15 +255,33 @@ def ask(model, prompt):
     return reply.json()
 
 
+def ask_and_name_the_model(model, prompt):
+    return type(model).__name__, ask(model, prompt)
+
+
 @pytest.mark.model
-def test_a_two_worker_pool_answers_eight_prompts_with_the_embedded_model(embedded_model_path):
-    source = LlamaSource(embedded_model_path, n_ctx=2048)
+@pytest.mark.parametrize(("parallel", "kind"), [(1, "LlamaModel"), (3, "BatchedLlamaModel")])
+def test_a_two_worker_pool_answers_eight_prompts_with_the_embedded_model(
+    embedded_model_path, parallel, kind
+):
+    source = LlamaSource(embedded_model_path, n_ctx=1024)
     prompts = [f"Name a colour number {n}." for n in range(8)]
-    results = list(run_pool(ask, prompts, model=source, workers=2, timeout=120, progress=False))
+    results = list(
+        run_pool(
+            ask_and_name_the_model,
+            prompts,
+            model=source,
+            workers=2,
+            parallel=parallel,
+            timeout=120,
+            progress=False,
+        )
+    )
     assert sorted(r.index for r in results) == list(range(8))
     for result in results:
         assert result.ok, result.error
-        jsonschema.validate(result.value, SCHEMA)
+        assert result.value[0] == kind
+        jsonschema.validate(result.value[1], SCHEMA)
 
 
 @pytest.mark.model

@@ -124,6 +124,24 @@ def bounded_schema(schema: Any, max_chars: int, max_items: int) -> Any:
     return bounded
 
 
+class SchemaChat:
+    """`chat` for back-ends that implement `_complete`: with a schema, a reply cut off by
+    max_tokens is generated again under bounded strings (see complete_under_schema)."""
+
+    def chat(self, messages: list[Message], options: ChatOptions | None = None) -> ChatReply:
+        options = options or ChatOptions()
+        if options.schema is None:
+            return self._complete(messages, options, None, options.max_tokens)[0]
+        return complete_under_schema(
+            lambda schema, max_tokens: self._complete(messages, options, schema, max_tokens),
+            options,
+        )
+
+    def _complete(self, messages, options, schema, max_tokens) -> tuple[ChatReply, bool]:
+        """The reply, and whether max_tokens (or the context) cut it off."""
+        raise NotImplementedError
+
+
 def complete_under_schema(complete, options: ChatOptions) -> ChatReply:
     """Run `complete(schema, max_tokens) -> (ChatReply, truncated)` until the reply parses.
 

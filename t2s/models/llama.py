@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 from t2s.errors import ModelError
 from t2s.models.base import (
     GRAMMAR_MAX_REPEAT,
-    ChatOptions,
     ChatReply,
+    SchemaChat,
     Usage,
-    complete_under_schema,
     largest_bound,
 )
 from t2s.models.gguf import read_gguf
@@ -81,24 +80,6 @@ def import_llama_cpp():
     except ImportError:
         raise ModelError(f"llama-cpp-python is not installed: {INSTALL_HINT}") from None
     return llama_cpp
-
-
-class SchemaChat:
-    """`chat` for the llama.cpp models: a schema becomes a grammar, and a reply cut off by
-    max_tokens is generated again under bounded strings. Subclasses implement `_complete`."""
-
-    def chat(self, messages: list[dict], options: ChatOptions | None = None) -> ChatReply:
-        options = options or ChatOptions()
-        if options.schema is None:
-            return self._complete(messages, options, None, options.max_tokens)[0]
-        return complete_under_schema(
-            lambda schema, max_tokens: self._complete(messages, options, schema, max_tokens),
-            options,
-        )
-
-    def _complete(self, messages, options, schema, max_tokens) -> tuple[ChatReply, bool]:
-        """The reply, and whether max_tokens (or the context) cut it off."""
-        raise NotImplementedError
 
 
 def context_overflow(n_ctx: int) -> ModelError:

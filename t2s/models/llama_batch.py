@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 from t2s.errors import ModelError
-from t2s.models.base import ChatOptions, ChatReply, Usage
+from t2s.models.base import ChatOptions, ChatReply, SchemaChat, Usage
 from t2s.models.llama import (
     LlamaSource,
-    SchemaChat,
     context_overflow,
     grammar_for,
     import_llama_cpp,

@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from t2s.errors import ModelError
-from t2s.models.base import ChatOptions, ChatReply, Usage, complete_under_schema
+from t2s.models.base import ChatReply, SchemaChat, Usage
 
 
 @dataclass
@@ -59,7 +59,7 @@ class _Unreachable(Exception):
 
 
 @dataclass
-class OpenAIModel:
+class OpenAIModel(SchemaChat):
     """Safe to call from several threads: each call is its own request, and the one piece of
     shared state, `_json_object_servers`, only ever grows (a race costs one extra request)."""
 
@@ -71,15 +71,6 @@ class OpenAIModel:
     # Servers that rejected OpenAI's "json_schema" response format and took
     # llama-cpp-python's {"type": "json_object", "schema": ...} instead.
     _json_object_servers: set = field(default_factory=set)
-
-    def chat(self, messages: list[dict], options: ChatOptions | None = None) -> ChatReply:
-        options = options or ChatOptions()
-        if options.schema is None:
-            return self._complete(messages, options, None, options.max_tokens)[0]
-        return complete_under_schema(
-            lambda schema, max_tokens: self._complete(messages, options, schema, max_tokens),
-            options,
-        )
 
     def _complete(self, messages, options, schema, max_tokens) -> tuple[ChatReply, bool]:
         body = {
