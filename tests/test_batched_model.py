@@ -125,3 +125,12 @@ def test_an_invalid_schema_is_a_model_error_and_the_model_still_works(model):
     with pytest.raises(ModelError, match="invalid JSON schema"):
         model.chat([SYSTEM], ChatOptions(schema={"type": "object", "properties": 3}))
     assert model.chat([{"role": "user", "content": "Hi."}], ChatOptions(max_tokens=4)).text
+
+
+def test_a_closed_model_refuses_to_chat_instead_of_hanging():
+    from conftest import EMBEDDED_MODEL
+
+    closing = LlamaSource(EMBEDDED_MODEL, n_ctx=256).load(threads=1, parallel=2)
+    closing.close()
+    with pytest.raises(ModelError, match="was closed"):
+        closing.chat([{"role": "user", "content": "Hi."}], ChatOptions(max_tokens=4))

@@ -134,6 +134,8 @@ class BatchedLlamaModel(SchemaChat):
     # --- caller threads ------------------------------------------------------------------
 
     def _complete(self, messages, options: ChatOptions, schema, max_tokens):
+        if not self._decoder.is_alive():  # closed: its tokenizer is freed too
+            raise ModelError(f"{self.name} was closed; load it again to chat")
         grammar = grammar_for(schema) if schema is not None else None
         rendered = self._formatter(messages=messages)
         with self._tokenizer_lock:
@@ -195,7 +197,15 @@ class BatchedLlamaModel(SchemaChat):
                     waiting.append(self._arrivals.get_nowait())
             except queue.Empty:
                 pass
-            if None in waiting:  # close() was called
+            if None in waiting:  # close() was called: nobody may be left waiting
+                closed = ModelError("the model was closed before this chat finished")
+                for request in waiting:
+                    if request is not None:
+                        request.error = closed
+                        request.done.set()
+                for sequence in self._sequences:
+                    if sequence.request is not None:
+                        self._finish(sequence, closed)
                 return
             try:
                 waiting = [request for request in waiting if not self._admit(request)]
