@@ -185,15 +185,6 @@ def prefix_reuse(source: LlamaSource, reuse: bool) -> tuple[int, int, float]:
     return prompt, evaluated, seconds
 
 
-def kv_cache_bytes(path: str, n_ctx: int) -> int:
-    """Size of an f16 KV cache, from the GGUF metadata: layers x context x KV width x 2 x 2."""
-    meta = read_gguf(path).metadata
-    arch = meta["general.architecture"]
-    heads, kv_heads = meta[f"{arch}.attention.head_count"], meta[f"{arch}.attention.head_count_kv"]
-    width = meta[f"{arch}.embedding_length"] // heads * kv_heads
-    return meta[f"{arch}.block_count"] * n_ctx * width * 2 * 2
-
-
 def main() -> None:
     source = resolve_model("embedded", n_ctx=N_CTX)
     threads = cpu_count()
@@ -233,7 +224,7 @@ def main() -> None:
         print(f"  {label:<58} {value:7.1f}  {note}")
     print()
 
-    kv_cache = kv_cache_bytes(source.path, N_CTX)
+    kv_cache = read_gguf(source.path).kv_bytes_per_token * N_CTX
     shared = min(v["shared_file"] for v in values)
     print("memory each pool worker adds: its private pages (target <= 25% of the model file)")
     print(f"  model file pages each worker maps and shares with the other: {shared / 1e6:.0f} MB")

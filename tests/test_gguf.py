@@ -145,3 +145,22 @@ def test_format_parameters():
         "135M",
         "7.24B",
     ]
+
+
+def test_kv_bytes_per_token_from_the_attention_metadata(tmp_path):
+    def info(**attention):
+        metadata = {
+            "general.architecture": (8, "llama"),
+            "llama.block_count": (4, 30),
+            "llama.embedding_length": (4, 576),
+            "llama.attention.head_count": (4, 9),
+            **{f"llama.attention.{key}": (4, value) for key, value in attention.items()},
+        }
+        return read_gguf(write_gguf(tmp_path / "m.gguf", metadata, []))
+
+    assert info(head_count_kv=3).kv_bytes_per_token == 30 * 3 * (64 + 64) * 2
+    assert info().kv_bytes_per_token == 30 * 9 * (64 + 64) * 2  # no GQA: every head has K and V
+    assert info(head_count_kv=3, key_length=128, value_length=96).kv_bytes_per_token == (
+        30 * 3 * (128 + 96) * 2
+    )
+    assert read_gguf(small_model(tmp_path / "tiny.gguf")).kv_bytes_per_token is None

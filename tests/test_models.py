@@ -145,13 +145,16 @@ def test_models_command_prints_a_table(models_dir, embedded_model_path):
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["FILE", "ARCH", "PARAMS", "QUANT", "CONTEXT", "SIZE"]
+    assert lines[0].split() == ["FILE", "ARCH", "PARAMS", "QUANT", "CONTEXT", "KV/4K", "SIZE"]
+    # 30 layers x 3 KV heads x (64 + 64) x 2 bytes x 4096 tokens = 94 MB
     assert lines[2].split() == [
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "llama",
         "135M",
         "Q4_1",
         "8192",
+        "94",
+        "MB",
         "98",
         "MB",
     ]
@@ -160,7 +163,7 @@ def test_models_command_prints_a_table(models_dir, embedded_model_path):
         and "unreadable:" in lines[1]
         and "truncated GGUF" in lines[1]
     )
-    assert lines[3].split()[:5] == ["tiny.gguf", "llama", "6.46K", "Q4_K_M", "2048"]
+    assert lines[3].split()[:6] == ["tiny.gguf", "llama", "6.46K", "Q4_K_M", "2048", "?"]
 
 
 def test_models_command_with_dir_option_and_empty_dir(tmp_path):

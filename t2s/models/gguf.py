@@ -74,6 +74,24 @@ class GGUFInfo:
     def chat_template(self) -> str | None:
         return self.metadata.get("tokenizer.chat_template")
 
+    @property
+    def kv_bytes_per_token(self) -> int | None:
+        """Bytes of f16 KV cache one token of context takes (keys and values of every layer),
+        or None when the metadata does not say (a model without attention, or an odd one)."""
+        meta, arch = self.metadata, self.architecture
+        layers, heads = meta.get(f"{arch}.block_count"), meta.get(f"{arch}.attention.head_count")
+        width = meta.get(f"{arch}.embedding_length")
+        if not all(isinstance(v, int) and v > 0 for v in (layers, heads, width)):
+            return None
+        kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
+        if isinstance(kv_heads, list):  # one count per layer
+            kv_heads = sum(kv_heads) / len(kv_heads) if kv_heads else None
+        if not isinstance(kv_heads, int | float):
+            return None
+        key = meta.get(f"{arch}.attention.key_length", width // heads)
+        value = meta.get(f"{arch}.attention.value_length", width // heads)
+        return int(layers * kv_heads * (key + value) * 2)
+
 
 def format_parameters(count: int) -> str:
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
