@@ -5,14 +5,25 @@ given working directory with a minimal environment and resource limits (address 
 time, size of any file written, number of processes). A wall-clock timeout kills the whole
 process group. Whatever the code does, the caller gets a `SandboxResult` and goes on.
 
-When t2s runs as root (containers, CI), root ignores RLIMIT_NPROC and can write anywhere, so
-the code additionally runs as a throw-away user id of its own: the process limit then holds,
-files outside the working directory are not writable, the network is out of reach (an empty
-network namespace), and at the end every process of that uid is killed, including ones that
-escaped the process group with `setsid`. The child keeps
-one capability, CAP_DAC_READ_SEARCH, so that it can still read the interpreter and its
-libraries wherever they are installed (often under a private /root). Without root, the limits
-apply to the user's own uid and cleanup is by process group.
+With root (containers, CI), root ignores RLIMIT_NPROC and can write anywhere, so the code runs
+as a throw-away user id of its own: the process limit then holds, files of others are not
+writable, the network is out of reach (an empty network namespace), and at the end every
+process of that uid is killed, including ones that escaped the process group with `setsid`.
+The child keeps one capability, CAP_DAC_READ_SEARCH, so that it can still read the interpreter
+and its libraries wherever they are installed (often under a private /root).
+
+Without root (a user's workstation) the code runs as the user: the limits apply to the user's
+own uid and cleanup is by process group. It first tries an unprivileged user plus network
+namespace (no network at all, UDP included); containers often refuse that, and then nothing
+but Landlock keeps it off the network.
+
+In both modes, Landlock (Linux >= 5.13, no privileges needed) then fences the code in: it may
+read anything the uid may, but write only in its working directory, /dev/null and /dev/shm
+(multiprocessing's semaphores); from ABI 4 (Linux 6.7) it can neither connect nor bind any TCP
+port; from ABI 6 (Linux 6.12) it cannot signal or reach through abstract unix sockets any
+process outside the sandbox, such as the pool worker that started it or the user's programs.
+On a kernel without Landlock and without root, the code can write wherever the user can, and
+reach the network unless it got the namespace. `SandboxResult.protections` says what held.
 """
 
 from __future__ import annotations
@@ -26,20 +37,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CODE_NAME = "step.py"  # what tracebacks call the code
 OUTPUT_CHARS = 20_000  # of stdout and of stderr kept for the caller
 _SANDBOX_UID_BASE = 1_900_000_000  # far above any uid a system hands out to people
 
-# Runs first in the child: set the limits, drop privileges when asked, then run the code as
-# __main__. It is passed with -c so nothing of it lands in the working directory.
+# Runs first in the child: set the limits, drop privileges when asked, fence the code in with
+# Landlock, report what holds, then run the code as __main__. It is passed with -c so nothing of
+# it lands in the working directory.
 _BOOTSTRAP = r"""
-import json, linecache, os, resource, sys, traceback
+import ctypes, json, linecache, os, resource, sys, traceback
 _p = json.loads(sys.argv[1])
 with open(_p["script"], encoding="utf-8") as _f:
     _source = _f.read()
+_report = open(_p["report"], "w", encoding="utf-8")  # now: the io dir is closed to a dropped uid
 linecache.cache[_p["name"]] = (len(_source), None, _source.splitlines(True), _p["name"])
 def _hook(kind, value, tb):
     while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
@@ -48,12 +61,13 @@ def _hook(kind, value, tb):
 sys.excepthook = _hook
 for _name, _value in _p["rlimits"].items():
     resource.setrlimit(getattr(resource, _name), (_value, _value if _name != "RLIMIT_CPU" else _value + 1))
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+# PR_SET_NO_NEW_PRIVS: no setuid binary can regain privileges, and Landlock requires it.
+_libc.prctl(38, 1, 0, 0, 0)
 if _p["uid"] is not None:
-    import ctypes
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid binary can regain root
     _libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep permitted capabilities across setuid
-    _libc.unshare(0x40000000)  # CLONE_NEWNET: no network at all (best effort)
+    _netns = _libc.unshare(0x40000000) == 0  # CLONE_NEWNET: no network at all (best effort)
     os.setgroups([])
     os.setresgid(_p["uid"], _p["uid"], _p["uid"])
     os.setresuid(_p["uid"], _p["uid"], _p["uid"])
@@ -72,6 +86,64 @@ if _p["uid"] is not None:
     _libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
     if os.getppid() != _p["parent"]:
         os._exit(1)
+else:
+    # CLONE_NEWUSER | CLONE_NEWNET: an empty network namespace (UDP too) without root. The user
+    # namespace stays unmapped: files are still accessed as the user. Containers often refuse it.
+    _netns = _libc.unshare(0x50000000) == 0
+def _syscall(number, *args):
+    return _libc.syscall(ctypes.c_long(number), *args)
+def _landlock(workdir):
+    # Writes only in the workdir, no TCP, no signals out of the sandbox. The ABI, or 0 if none.
+    abi = _syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # ..._CREATE_RULESET_VERSION
+    if abi < 1:
+        return 0
+    # Write-type rights only (WRITE_FILE, REMOVE_DIR .. MAKE_SYM, then REFER, TRUNCATE,
+    # IOCTL_DEV as the ABI grows): reading and executing stay open for the interpreter.
+    fs = 0x1FF2 | (0x2000 if abi >= 2 else 0) | (0x4000 if abi >= 3 else 0)
+    fs |= 0x8000 if abi >= 5 else 0
+    net = 0b11 if abi >= 4 else 0  # BIND_TCP | CONNECT_TCP, and no rule allows any port
+    scoped = 0b11 if abi >= 6 else 0  # abstract unix sockets and signals stay inside
+    attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    ruleset = _syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if ruleset < 0:
+        return 0
+    class _Beneath(ctypes.Structure):  # struct landlock_path_beneath_attr, packed
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+    truncate = fs & 0x4000
+    rules = [
+        (workdir, fs, True),
+        ("/dev/null", 0x2 | truncate, False),  # WRITE_FILE: code often writes there
+        # multiprocessing's locks and queues are POSIX semaphores, created (MAKE_REG, WRITE_FILE)
+        # and unlinked (REMOVE_FILE) in /dev/shm. That tmpfs holds shared memory of running
+        # programs, not the user's files, so working multiprocessing is worth the little risk.
+        ("/dev/shm", 0x2 | 0x20 | 0x100 | truncate, False),
+    ]
+    try:
+        for path, allowed, needed in rules:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                if needed:
+                    return 0
+                continue
+            try:
+                rule = ctypes.byref(_Beneath(allowed, fd))
+                beneath = ctypes.c_int(1)  # LANDLOCK_RULE_PATH_BENEATH
+                added = _syscall(445, ctypes.c_int(ruleset), beneath, rule, ctypes.c_uint32(0))
+            finally:
+                os.close(fd)
+            if added != 0 and needed:
+                return 0  # a sandbox that cannot write its own folder is no use
+        return abi if _syscall(446, ctypes.c_int(ruleset), ctypes.c_uint32(0)) == 0 else 0
+    finally:
+        os.close(ruleset)
+_abi = _landlock(_p["workdir"])
+_network = "namespace" if _netns else "landlock-tcp" if _abi >= 4 else "none"
+_report.write(json.dumps({"landlock": _abi, "network": _network,
+                          "uid": "user" if _p["uid"] is None else "own"}))
+_report.close()
 sys.argv = [_p["name"]]
 _code = compile(_source, _p["name"], "exec")
 exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})  # fresh globals
@@ -108,6 +180,9 @@ class SandboxResult:
     stderr: str
     reason: str  # "" when ok, else one line saying why it failed
     seconds: float
+    # What held for this run, as the child reported it: {"landlock": ABI or 0, "network":
+    # "namespace" | "landlock-tcp" | "none", "uid": "own" | "user"}; empty if it never got there.
+    protections: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -158,6 +233,7 @@ def _run(code: str, workdir: Path, limits: SandboxLimits, uid: int | None) -> Sa
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="t2s-sandbox-io-") as io_dir:
         out_path, err_path = Path(io_dir) / "stdout", Path(io_dir) / "stderr"
+        report_path = Path(io_dir) / "protections.json"
         script = Path(io_dir) / CODE_NAME
         script.write_text(code, encoding="utf-8")
         params = {
@@ -165,6 +241,8 @@ def _run(code: str, workdir: Path, limits: SandboxLimits, uid: int | None) -> Sa
             "uid": uid,
             "processes": processes,
             "script": str(script),
+            "report": str(report_path),
+            "workdir": str(workdir),
             "parent": os.getpid(),
             "name": CODE_NAME,
         }
@@ -195,8 +273,11 @@ def _run(code: str, workdir: Path, limits: SandboxLimits, uid: int | None) -> Sa
         seconds = time.monotonic() - started
         stdout = _read_capped(out_path)
         stderr = _read_capped(err_path)
+        protections = _read_protections(report_path)
     reason = _reason(process.returncode, stderr, timed_out, limits, cpu)
-    return SandboxResult(not reason, process.returncode, stdout, stderr, reason, seconds)
+    return SandboxResult(
+        not reason, process.returncode, stdout, stderr, reason, seconds, protections
+    )
 
 
 def _reason(returncode: int, stderr: str, timed_out: bool, limits: SandboxLimits, cpu) -> str:
@@ -236,6 +317,13 @@ def _read_capped(path: Path, limit: int = OUTPUT_CHARS) -> str:
         stream.seek(size - limit // 2)
         tail = stream.read().decode("utf-8", errors="replace")
     return f"{head}\n[... {size - limit} bytes cut ...]\n{tail}"
+
+
+def _read_protections(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # the child died before its report, or was killed while writing it
 
 
 def _kill_group(pgid: int) -> None:

@@ -1,6 +1,12 @@
 """The sandbox: whatever the code does, the caller gets a result with a reason and goes on."""
 
+import ctypes
+import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,12 +17,37 @@ from t2s.sandbox import SandboxLimits, run_python
 FAST = SandboxLimits(seconds=3, memory_mb=512, file_mb=5, processes=16)
 
 
+def _landlock_abi() -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    return max(0, libc.syscall(ctypes.c_long(444), None, ctypes.c_size_t(0), ctypes.c_uint32(1)))
+
+
+LANDLOCK = _landlock_abi()
+needs_landlock = pytest.mark.skipif(
+    LANDLOCK < 1, reason="the kernel has no Landlock (Linux >= 5.13, enabled in the LSM list)"
+)
+needs_landlock_tcp = pytest.mark.skipif(
+    LANDLOCK < 4, reason="Landlock TCP rules need Landlock ABI 4 (Linux >= 6.7)"
+)
+needs_landlock_scopes = pytest.mark.skipif(
+    LANDLOCK < 6, reason="Landlock signal scoping needs Landlock ABI 6 (Linux >= 6.12)"
+)
+
+
 @pytest.fixture
 def workdir(tmp_path):
     folder = tmp_path / "work"
     folder.mkdir()
     (folder / "input.txt").write_text("data\n")
     return folder
+
+
+@pytest.fixture
+def as_user(monkeypatch):
+    """The path taken without root (CI runs as root): no throw-away uid."""
+    monkeypatch.setattr(sandbox, "_sandbox_uid", lambda: None)
 
 
 def test_normal_code_runs_in_the_workdir_and_its_output_is_captured(workdir):
@@ -133,7 +164,10 @@ def test_killed_by_a_signal(workdir):
     assert not result.ok and result.reason == "killed by signal 15 (SIGTERM)"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="write protection outside the workdir needs root")
+@pytest.mark.skipif(
+    os.geteuid() != 0 and LANDLOCK < 1,
+    reason="write protection outside the workdir needs root or Landlock",
+)
 def test_files_of_the_caller_cannot_be_changed_or_deleted(workdir, tmp_path):
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
@@ -176,8 +210,6 @@ def test_limits_round_trip():
 def test_the_code_dies_with_the_process_that_ran_it(workdir):
     """A pool worker killed on its timeout must not leave the model's code running."""
     import signal
-    import subprocess
-    import sys
 
     if sandbox._sandbox_uid() is None:
         pytest.skip("not root: the parent-death signal is set by the uid-isolated bootstrap")
@@ -219,10 +251,8 @@ def test_without_uid_isolation_the_limits_still_hold(workdir, monkeypatch):
 
 
 def test_the_network_is_out_of_reach(workdir):
-    import socket
-
-    if sandbox._sandbox_uid() is None:
-        pytest.skip("not root: no network namespace without uid isolation")
+    if sandbox._sandbox_uid() is None and LANDLOCK < 4:
+        pytest.skip("neither root nor Landlock TCP rules: the namespace alone may be refused")
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -237,3 +267,152 @@ def test_the_network_is_out_of_reach(workdir):
         )
         result = run_python(code, workdir, FAST)
     assert result.ok and result.stdout.startswith("refused")
+
+
+@needs_landlock
+def test_without_root_files_outside_the_workdir_cannot_be_written_or_removed(
+    workdir, tmp_path, as_user
+):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    outside.chmod(0o777)  # so that only the sandbox, not file permissions, stands in the way
+    victim = outside / "victim.txt"
+    victim.write_text("keep me")
+    victim.chmod(0o666)
+    code = (
+        "import os\n"
+        "for action in (\n"
+        f"    lambda: open({str(outside / 'new.txt')!r}, 'w').write('x'),\n"
+        f"    lambda: open({str(victim)!r}, 'a').write('x'),\n"
+        f"    lambda: os.remove({str(victim)!r}),\n"
+        f"    lambda: os.rename({str(victim)!r}, {str(outside / 'moved.txt')!r}),\n"
+        f"    lambda: os.rename({str(victim)!r}, 'stolen.txt'),\n"
+        f"    lambda: os.mkdir({str(outside / 'dir')!r}),\n"
+        f"    lambda: os.symlink('/etc/passwd', {str(outside / 'link')!r}),\n"
+        "):\n"
+        "    try:\n"
+        "        action()\n"
+        "        print('done')\n"
+        "    except OSError as e:\n"
+        "        print('refused', type(e).__name__)\n"
+        "os.mkdir('sub')\n"
+        "open('sub/mine.txt', 'w').write('mine')\n"
+        "os.rename('sub/mine.txt', 'mine.txt')\n"
+        "os.remove('input.txt')\n"
+        "open(os.devnull, 'w').write('into the void')\n"
+    )
+    result = run_python(code, workdir, FAST)
+    assert result.ok, result.stderr
+    assert result.stdout.splitlines() == ["refused PermissionError"] * 7
+    assert sorted(path.name for path in outside.iterdir()) == ["victim.txt"]
+    assert victim.read_text() == "keep me"
+    assert (workdir / "mine.txt").read_text() == "mine" and not (workdir / "input.txt").exists()
+
+
+@needs_landlock_tcp
+def test_without_root_no_tcp_connection_gets_out(workdir, as_user):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        code = (
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            "    print('connected')\n"
+            "except OSError as error:\n"
+            "    print('refused', type(error).__name__)\n"
+        )
+        result = run_python(code, workdir, FAST)
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    # Landlock checks before routing: it answers even inside an empty network namespace.
+    assert result.ok and result.stdout.strip() == "refused PermissionError"
+
+
+@needs_landlock_scopes
+def test_without_root_the_code_cannot_signal_processes_outside_the_sandbox(workdir, as_user):
+    code = (
+        "import os\n"
+        "os.kill(os.getpid(), 0)  # its own processes are fine\n"
+        "try:\n"
+        f"    os.kill({os.getpid()}, 0)\n"
+        "    print('reached')\n"
+        "except PermissionError:\n"
+        "    print('refused')\n"
+    )
+    result = run_python(code, workdir, FAST)
+    assert result.ok and result.stdout.strip() == "refused", result.stderr
+
+
+@needs_landlock
+def test_without_root_multiprocessing_still_works(workdir, as_user):
+    """Its semaphores live in /dev/shm, which stays writable."""
+    code = (
+        "import multiprocessing\n"
+        "with multiprocessing.Pool(2) as pool:\n"
+        "    print(sum(pool.map(abs, [-1, -2, 3])))\n"
+    )
+    result = run_python(code, workdir, SandboxLimits(seconds=20, processes=16))
+    assert result.ok and result.stdout.strip() == "6", result.stderr
+
+
+@needs_landlock
+def test_the_protections_in_effect_are_reported(workdir, as_user):
+    result = run_python("print(1)", workdir, FAST)
+    assert result.protections["landlock"] == LANDLOCK and result.protections["uid"] == "user"
+    assert result.protections["network"] in ("namespace", "landlock-tcp")
+    assert result.to_dict()["protections"] == result.protections
+
+
+def test_with_root_the_throw_away_uid_is_reported(workdir):
+    if sandbox._sandbox_uid() is None:
+        pytest.skip("not root: no throw-away uid")
+    result = run_python("print(1)", workdir, FAST)
+    assert result.protections == {"landlock": LANDLOCK, "network": "namespace", "uid": "own"}
+
+
+@needs_landlock_tcp
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) from util-linux")
+def test_when_namespaces_are_refused_landlock_still_holds(tmp_path):
+    """Containers often refuse unshare; the code then runs without a network namespace."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    outside.chmod(0o777)
+    code = (
+        "import socket\n"
+        "open('mine.txt', 'w').write('mine')\n"
+        "for action in (\n"
+        f"    lambda: open({str(outside / 'new.txt')!r}, 'w'),\n"
+        "    lambda: socket.create_connection(('127.0.0.1', 9), timeout=2),\n"
+        "):\n"
+        "    try:\n"
+        "        action()\n"
+        "    except PermissionError:\n"
+        "        print('refused')\n"
+    )
+    runner = (
+        "import json\n"
+        "from t2s import sandbox\n"
+        "sandbox._sandbox_uid = lambda: None\n"
+        f"result = sandbox.run_python({code!r}, {str(tmp_path / 'work')!r})\n"
+        "print(json.dumps(result.to_dict()))\n"
+    )
+    # A user namespace of our own in which no further namespace may be created.
+    shell = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$0" -c "$1"'
+    ran = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c", shell, sys.executable, runner],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if ran.returncode != 0 and not ran.stdout:
+        pytest.skip(f"cannot set up a user namespace here: {ran.stderr.strip()[-200:]}")
+    result = json.loads(ran.stdout)
+    assert result["ok"], result["stderr"]
+    assert result["protections"]["network"] == "landlock-tcp"
+    assert result["stdout"].split() == ["refused", "refused"]
+    assert (tmp_path / "work" / "mine.txt").read_text() == "mine"
+    assert not (outside / "new.txt").exists()
