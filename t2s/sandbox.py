@@ -81,15 +81,15 @@ if _p["uid"] is not None:
     if _libc.capset(ctypes.byref(_Header(0x20080522, 0)), _data) != 0:
         raise SystemExit("sandbox: capset failed")
     resource.setrlimit(resource.RLIMIT_NPROC, (_p["processes"], _p["processes"]))
-    # Die with the process that started us (a pool worker killed on a timeout cannot clean up).
-    # Set after setuid, which clears it.
-    _libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-    if os.getppid() != _p["parent"]:
-        os._exit(1)
 else:
     # CLONE_NEWUSER | CLONE_NEWNET: an empty network namespace (UDP too) without root. The user
     # namespace stays unmapped: files are still accessed as the user. Containers often refuse it.
     _netns = _libc.unshare(0x50000000) == 0
+# Die with the process that started us (a pool worker killed on a timeout cannot clean up).
+# Set after setuid, which clears it.
+_libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+if os.getppid() != _p["parent"]:
+    os._exit(1)
 def _syscall(number, *args):
     return _libc.syscall(ctypes.c_long(number), *args)
 def _landlock(workdir):

@@ -207,12 +207,16 @@ def test_limits_round_trip():
     assert SandboxLimits.from_dict(limits.to_dict()) == limits
 
 
-def test_the_code_dies_with_the_process_that_ran_it(workdir):
+@pytest.mark.parametrize("own_uid", [True, False], ids=["own-uid", "user-uid"])
+def test_the_code_dies_with_the_process_that_ran_it(workdir, own_uid):
     """A pool worker killed on its timeout must not leave the model's code running."""
     import signal
 
-    if sandbox._sandbox_uid() is None:
-        pytest.skip("not root: the parent-death signal is set by the uid-isolated bootstrap")
+    if own_uid and sandbox._sandbox_uid() is None:
+        pytest.skip("not root: there is no throw-away uid to run the code as")
+    environment = dict(os.environ)
+    if not own_uid:
+        environment["T2S_SANDBOX_NO_UID"] = "1"
     code = "import time\ntime.sleep(3)\nopen('alive', 'w').write('yes')"
     worker = subprocess.Popen(
         [
@@ -222,7 +226,8 @@ def test_the_code_dies_with_the_process_that_ran_it(workdir):
                 "import sys\nfrom t2s.sandbox import run_python, SandboxLimits\n"
                 f"run_python({code!r}, {str(workdir)!r}, SandboxLimits(seconds=60))"
             ),
-        ]
+        ],
+        env=environment,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and worker.poll() is None:
