@@ -174,20 +174,14 @@ def test_files_of_the_caller_cannot_be_changed_or_deleted(workdir, tmp_path):
     gold = tmp_path / "gold.xlsx"
     gold.write_bytes(b"gold")
     code = (
-        "import os\n"
-        "for action in (\n"
-        f"    lambda: open({str(precious)!r}, 'w').write('gone'),\n"
-        f"    lambda: os.remove({str(precious)!r}),\n"
-        f"    lambda: os.remove({str(gold)!r}),\n"
-        f"    lambda: open({str(tmp_path / 'new.txt')!r}, 'w').write('x'),\n"
-        "    lambda: os.rmdir('..'),\n"
-        "):\n"
-        "    try:\n"
-        "        action()\n"
-        "        print('done')\n"
-        "    except OSError as e:\n"
-        "        print('refused', type(e).__name__)\n"
-        "os.remove('input.txt')\n"
+        each_refused_or_done(
+            f"open({str(precious)!r}, 'w').write('gone')",
+            f"os.remove({str(precious)!r})",
+            f"os.remove({str(gold)!r})",
+            f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')",
+            "os.rmdir('..')",
+        )
+        + "os.remove('input.txt')\n"
     )
     result = run_python(code, workdir, FAST)
     assert result.ok, result.reason
@@ -255,6 +249,16 @@ def test_without_uid_isolation_the_limits_still_hold(workdir, monkeypatch):
     assert slow.reason == "timed out after 1s"
 
 
+def each_refused_or_done(*actions: str) -> str:
+    """Code that tries each expression in turn and prints 'done' or 'refused <error>' for it."""
+    tries = "".join(f"    lambda: {action},\n" for action in actions)
+    return (
+        f"import os\nfor action in (\n{tries}):\n"
+        "    try:\n        action()\n        print('done')\n"
+        "    except OSError as e:\n        print('refused', type(e).__name__)\n"
+    )
+
+
 def connect_from_the_sandbox(workdir):
     """The sandboxed code tries a TCP connection to a server of ours: (its result, whether
     our server accepted a connection)."""
@@ -296,22 +300,15 @@ def test_without_root_files_outside_the_workdir_cannot_be_written_or_removed(
     victim = outside / "victim.txt"
     victim.write_text("keep me")
     victim.chmod(0o666)
-    code = (
-        "import os\n"
-        "for action in (\n"
-        f"    lambda: open({str(outside / 'new.txt')!r}, 'w').write('x'),\n"
-        f"    lambda: open({str(victim)!r}, 'a').write('x'),\n"
-        f"    lambda: os.remove({str(victim)!r}),\n"
-        f"    lambda: os.rename({str(victim)!r}, {str(outside / 'moved.txt')!r}),\n"
-        f"    lambda: os.rename({str(victim)!r}, 'stolen.txt'),\n"
-        f"    lambda: os.mkdir({str(outside / 'dir')!r}),\n"
-        f"    lambda: os.symlink('/etc/passwd', {str(outside / 'link')!r}),\n"
-        "):\n"
-        "    try:\n"
-        "        action()\n"
-        "        print('done')\n"
-        "    except OSError as e:\n"
-        "        print('refused', type(e).__name__)\n"
+    code = each_refused_or_done(
+        f"open({str(outside / 'new.txt')!r}, 'w').write('x')",
+        f"open({str(victim)!r}, 'a').write('x')",
+        f"os.remove({str(victim)!r})",
+        f"os.rename({str(victim)!r}, {str(outside / 'moved.txt')!r})",
+        f"os.rename({str(victim)!r}, 'stolen.txt')",
+        f"os.mkdir({str(outside / 'dir')!r})",
+        f"os.symlink('/etc/passwd', {str(outside / 'link')!r})",
+    ) + (
         "os.mkdir('sub')\n"
         "open('sub/mine.txt', 'w').write('mine')\n"
         "os.rename('sub/mine.txt', 'mine.txt')\n"
