@@ -18,7 +18,7 @@ from openpyxl.workbook.external_link.external import (
     ExternalSheetNames,
 )
 
-from t2s import checker
+from t2s import checker, formula_rewrite
 from t2s.checker import (
     MISMATCH_CAP,
     CellRange,
@@ -387,7 +387,7 @@ def test_formulas_are_rewritten_for_the_engine():
     book = openpyxl.Workbook()
     book.active.title = "Data"
     book.active["F20"] = 1  # the used range: A1:F20
-    rewrite = checker._FormulaRewriter(book).rewrite
+    rewrite = formula_rewrite.FormulaRewriter(book).rewrite
 
     def rewritten(formula):
         return rewrite(formula, "Data", 2, 1)
