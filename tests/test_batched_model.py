@@ -134,3 +134,17 @@ def test_a_closed_model_refuses_to_chat_instead_of_hanging():
     closing.close()
     with pytest.raises(ModelError, match="was closed"):
         closing.chat([{"role": "user", "content": "Hi."}], ChatOptions(max_tokens=4))
+
+
+@pytest.mark.parametrize(
+    "pieces", [["ab", "c<st", "op>d"], ["abc<stop>d"], ["a", "b", "c<", "s", "top>"]]
+)
+def test_a_stop_string_split_across_tokens_is_found_once_it_is_complete(pieces):
+    from t2s.models.llama_batch import _Request
+
+    request = _Request(prompt=[1], max_tokens=10, stops=["<stop>"], sampler=0)
+    found = []
+    for piece in pieces:
+        request.text_bytes += piece.encode()
+        found.append(BatchedLlamaModel._reached_stop(request))
+    assert found == [False] * (len(pieces) - 1) + [True]

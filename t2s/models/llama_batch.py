@@ -45,11 +45,11 @@ class _Request:
     stops: list[str]
     sampler: int  # a llama_sampler chain, freed when the request ends
     done: threading.Event = field(default_factory=threading.Event)
-    sequence: int = -1
     fed: int = 0  # prompt tokens already in the sequence's KV cache
     reused: int = 0  # of which were there before this request (prefix reuse)
     generated: list[int] = field(default_factory=list)
-    text: str = ""
+    text_bytes: bytearray = field(default_factory=bytearray)  # the generated tokens' text
+    searched: int = 0  # bytes of text_bytes already searched for stop strings
     truncated: bool = False
     error: Exception | None = None
 
@@ -91,7 +91,6 @@ class BatchedLlamaModel(SchemaChat):
         params.n_seq_max = parallel
         params.n_batch = params.n_ubatch = source.n_batch
         params.n_threads = params.n_threads_batch = threads or cpu_count()
-        # As LlamaModel (llama-cpp-python's default), so both give the same replies.
         # Flash attention is what makes several sequences in one decode pay off on a CPU
         # (about 15% more tokens/s with 4 of them), so replies differ in the last bits from
         # LlamaModel's, which keeps llama-cpp-python's default of none.
@@ -142,7 +141,8 @@ class BatchedLlamaModel(SchemaChat):
             prompt = self._model.tokenize(rendered.prompt.encode(), add_bos=False, special=True)
         if len(prompt) >= self._n_ctx:
             raise context_overflow(self._n_ctx)
-        stops = [] if schema is not None else [*(options.stop or []), *rendered.stop]
+        # The template's own end-of-turn text needs no stop string: its token is end-of-generation.
+        stops = [] if schema is not None else list(options.stop or [])
         request = _Request(prompt, max_tokens, stops, self._sampler(grammar, options))
         started = time.perf_counter()
         self._arrivals.put(request)
@@ -154,7 +154,8 @@ class BatchedLlamaModel(SchemaChat):
             completion_tokens=len(request.generated),
             prompt_eval_tokens=len(prompt) - request.reused,
         )
-        reply = ChatReply(request.text, usage, time.perf_counter() - started, self.name)
+        text = _cut_at_stops(request.text_bytes.decode("utf-8", errors="ignore"), request.stops)
+        reply = ChatReply(text, usage, time.perf_counter() - started, self.name)
         return reply, request.truncated
 
     def _sampler(self, grammar, options: ChatOptions) -> int:
@@ -252,7 +253,7 @@ class BatchedLlamaModel(SchemaChat):
         keep = min(shared, len(request.prompt) - 1)
         self._llama_cpp.llama_memory_seq_rm(self._memory, sequence.number, keep, -1)
         sequence.cached = request.prompt[:keep]
-        request.sequence, request.fed, request.reused = sequence.number, keep, keep
+        request.fed, request.reused = keep, keep
         sequence.request = request
         return True
 
@@ -302,34 +303,39 @@ class BatchedLlamaModel(SchemaChat):
             self._finish(sequence)
             return
         request.generated.append(token)
-        if request.stops:
-            text = self._text(request.generated)
-            cut = min((text.find(stop) for stop in request.stops if stop in text), default=-1)
-            if cut >= 0:
-                request.text = text[:cut]
-                self._finish(sequence, text_set=True)
-                return
+        request.text_bytes += self._model.detokenize([token], special=False)
+        if request.stops and self._reached_stop(request):
+            self._finish(sequence)
+            return
         if len(request.generated) >= request.max_tokens or len(sequence.cached) >= self._n_ctx:
             request.truncated = True
             self._finish(sequence)
 
-    def _text(self, tokens: list[int]) -> str:
-        return self._model.detokenize(tokens, special=False).decode("utf-8", errors="ignore")
+    @staticmethod
+    def _reached_stop(request: _Request) -> bool:
+        """Whether a stop string ends in the new text: only the tail that could hold one is
+        searched, so a long reply costs no more per token than a short one."""
+        longest = max(len(stop.encode()) for stop in request.stops)
+        start = max(0, request.searched - longest + 1)
+        request.searched = len(request.text_bytes)
+        tail = bytes(request.text_bytes[start:])
+        return any(stop.encode() in tail for stop in request.stops)
 
-    def _finish(
-        self, sequence: _Sequence, error: Exception | None = None, *, text_set: bool = False
-    ) -> None:
+    def _finish(self, sequence: _Sequence, error: Exception | None = None) -> None:
         request = sequence.request
         if error is not None:
             # What the failed decode left in this sequence's cache is unknown: drop it all.
             self._llama_cpp.llama_memory_seq_rm(self._memory, sequence.number, -1, -1)
             sequence.cached = []
             request.error = error
-        elif not text_set:
-            request.text = self._text(request.generated)
         self._llama_cpp.llama_sampler_free(request.sampler)
         sequence.request = None
         request.done.set()
+
+
+def _cut_at_stops(text: str, stops: list[str]) -> str:
+    """The text before the first stop string in it."""
+    return text[: min((text.find(stop) for stop in stops if stop in text), default=len(text))]
 
 
 def _shared_prefix(a: list[int], b: list[int]) -> int:
